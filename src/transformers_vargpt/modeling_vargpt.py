@@ -1,0 +1,714 @@
+"""VARGPT: LLaVA-1.5 that reads images by next-token prediction and draws them by VAR next-scale prediction.
+
+Data flow for drawing: prompt → LLM prefill → for each scale: that scale's token map (VAR embeddings →
+`gen_input_projector`) → LLM with its KV cache → `gen_output_projector` → VAR blocks (own KV cache) → code logits →
+codes → f̂ grows → next scale's token map; finally the VQVAE decodes f̂.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.models.llama.modeling_llama import LlamaModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_vargpt import VargptConfig
+from .generation_vargpt import (
+    CodeSampler,
+    VargptImageGenerationOutput,
+    VargptInterleavedOutput,
+    check_guidance_scale,
+    guided_logits,
+)
+from .modeling_vargpt_var import ScaleKVCache, VarBlock, VargptScaleDecoder, VarSelfAttention
+from .modeling_vargpt_vqvae import VargptVQVAE
+
+logger = logging.get_logger(__name__)
+
+# transformers renamed the cache argument `past_key_values` → `cache` during 5.x; speak whichever is installed.
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+# Released checkpoint names (VARGPT-family/VARGPT_LLaVA-v1) → ours. Applied in order; renamings chain.
+RELEASED_KEY_MAPPING = {
+    r"^language_model\.model\.": "model.language_model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^vision_tower\.": "model.vision_tower.",
+    r"^multi_modal_projector\.": "model.multi_modal_projector.",
+    r"^vae_local\.quantize\.embedding\.": "model.vqvae.quantizer.codebook.",
+    r"^vae_local\.quantize\.quant_resi\.qresi_ls\.": "model.vqvae.quantizer.residual_filters.",
+    r"^vae_local\.quantize\.quant_resi\.qresi\.": "model.vqvae.quantizer.residual_filters.0.",
+    r"^vae_local\.quantize\.quant_resi\.": "model.vqvae.quantizer.residual_filters.",
+    r"^vae_local\.": "model.vqvae.",
+    r"^vargpt_gen\.word_embed\.": "model.scale_decoder.code_embed.",
+    r"^vargpt_gen\.class_emb\.": "model.scale_decoder.class_embed.",
+    r"^vargpt_gen\.pos_start$": "model.scale_decoder.start_pos_embed",
+    r"^vargpt_gen\.pos_1LC$": "model.scale_decoder.pos_embed",
+    r"^vargpt_gen\.lvl_embed\.": "model.scale_decoder.scale_embed.",
+    r"^vargpt_gen\.shared_ada_lin\.1\.": "model.scale_decoder.shared_adaln.",
+    r"^vargpt_gen\.head_nm\.ada_lin\.1\.": "model.scale_decoder.head_norm.adaln.",
+    r"^vargpt_gen\.": "model.scale_decoder.",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.ada_lin\.1\.": r"\1.adaln.",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.ada_gss$": r"\1.adaln_offset",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.attn\.mat_qkv\.": r"\1.attn.qkv.",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.attn\.scale_mul_1H11$": r"\1.attn.logit_scale",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.attn\.proj\.": r"\1.attn.out_proj.",
+    r"^(model\.scale_decoder\.blocks\.\d+)\.ffn\.": r"\1.mlp.",
+    r"^image_gen_projector\.ln_q\.": "model.gen_input_projector.norm.",
+    r"^image_gen_projector\.mlp\.0\.": "model.gen_input_projector.fc1.",
+    r"^image_gen_projector\.mlp\.2\.": "model.gen_input_projector.fc2.",
+    r"^image_gen_projector_out\.ln_q\.": "model.gen_output_projector.norm.",
+    r"^image_gen_projector_out\.mlp\.0\.": "model.gen_output_projector.fc1.",
+    r"^image_gen_projector_out\.mlp\.2\.": "model.gen_output_projector.fc2.",
+}
+
+# Buffers of the released checkpoint that we derive from the config instead of loading.
+DERIVED_RELEASED_BUFFERS = [r"lvl_1L$", r"attn_bias_for_masking$", r"zero_k_bias$", r"ema_vocab_hit_SV$"]
+
+
+@dataclass
+class VargptModelOutputWithPast(ModelOutput):
+    r"""
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            LLM hidden states after its final norm.
+        cache (`Cache`): the LLM's KV cache.
+        image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`):
+            projected CLIP features of the input images.
+        image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
+        image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_embed_dim)`): AdaLN condition.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    image_gen_targets: torch.LongTensor | None = None
+    image_gen_condition: torch.FloatTensor | None = None
+
+
+@dataclass
+class VargptCausalLMOutputWithPast(ModelOutput):
+    r"""
+    Args:
+        loss (`torch.FloatTensor`): `text_loss + image_loss` (whichever are present).
+        text_loss (`torch.FloatTensor`): shifted cross-entropy of the text against `labels`, image tokens ignored.
+        image_loss (`torch.FloatTensor`): cross-entropy of the code logits against the image's code indices.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): text logits.
+        image_logits (`torch.FloatTensor` of shape `(num_gen_images, L, vq_vocab_size)`): code logits; position i
+            predicts code i.
+        image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): the codes `image_logits` predict.
+        cache (`Cache`): the LLM's KV cache.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_loss: torch.FloatTensor | None = None
+    image_loss: torch.FloatTensor | None = None
+    image_logits: torch.FloatTensor | None = None
+    image_gen_targets: torch.LongTensor | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class VargptMultiModalProjector(nn.Module):
+    """CLIP width → LLM width (LLaVA-1.5's two-layer MLP)."""
+
+    def __init__(self, config: VargptConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class VargptGenProjector(nn.Module):
+    """MLP between the VAR width and the LLM width (either direction)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        # The released checkpoint carries a LayerNorm here that its forward never applies; kept so it round-trips.
+        self.norm = nn.LayerNorm(in_features, eps=1e-6)
+        self.fc1 = nn.Linear(in_features, in_features)
+        self.fc2 = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VargptPreTrainedModel(PreTrainedModel):
+    config_class = VargptConfig
+    config: VargptConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "VarBlock", "VQStage", "VQMiddle"]
+    _keys_to_ignore_on_load_unexpected = DERIVED_RELEASED_BUFFERS
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, VargptScaleDecoder):
+            std = (1 / module.pos_embed.shape[-1] / 3) ** 0.5  # VAR's default
+            init.trunc_normal_(module.start_pos_embed, std=std)
+            init.trunc_normal_(module.pos_embed, std=std)
+            scale_ids, block_causal_mask = module.derived_buffers()
+            init.copy_(module.scale_ids, scale_ids)
+            init.copy_(module.block_causal_mask, block_causal_mask)
+        elif isinstance(module, VarSelfAttention):
+            init.zeros_(module.q_bias)
+            init.zeros_(module.v_bias)
+            if module.l2_norm:
+                init.constant_(module.logit_scale, math.log(4.0))
+        elif isinstance(module, VarBlock) and module.shared_adaln:
+            init.normal_(module.adaln_offset, std=module.width**-0.5)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Loads our layout and the released layout alike: released key names are renamed on the fly."""
+        kwargs.setdefault("key_mapping", RELEASED_KEY_MAPPING)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Writes our own layout (not the released names the model may have been loaded from)."""
+        kwargs.setdefault("save_original_format", False)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class VargptModel(VargptPreTrainedModel):
+    """The VARGPT body: vision tower, LLM, VQVAE, VAR decoder and the projectors between them. Returns hidden states."""
+
+    def __init__(self, config: VargptConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = VargptMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.vqvae = VargptVQVAE(config.vqvae_config())
+        self.scale_decoder = VargptScaleDecoder(config)
+        self.gen_input_projector = VargptGenProjector(config.var_embed_dim, config.text_config.hidden_size)
+        self.gen_output_projector = VargptGenProjector(config.text_config.hidden_size, config.var_embed_dim)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    # ---- understanding ------------------------------------------------------------------------------------------
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images (N×3×h×w, CLIP-normalised) → projected features (N×patches×hidden_size)."""
+        vision_dtype = self.vision_tower.dtype
+        outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.config.vision_feature_layer]
+        if self.config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]  # drop CLS
+        elif self.config.vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', "
+                f"got {self.config.vision_feature_select_strategy!r}"
+            )
+        return self.multi_modal_projector(features)
+
+    def _merge_image_features(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image_mask = input_ids == self.config.image_token_index
+        n_tokens = int(image_mask.sum())
+        if n_tokens == 0:
+            raise ValueError(
+                f"pixel_values were given but input_ids contain no <image> token (id {self.config.image_token_index}); "
+                "put '<image>' in the prompt (the processor expands it)"
+            )
+        features = self.get_image_features(pixel_values)
+        if n_tokens != features.shape[0] * features.shape[1]:
+            raise ValueError(
+                f"Image features and image tokens do not match: input_ids hold {n_tokens} <image> tokens but "
+                f"{features.shape[0]} image(s) give {features.shape[0]} x {features.shape[1]} = "
+                f"{features.shape[0] * features.shape[1]} features"
+            )
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+        return inputs_embeds, features
+
+    # ---- drawing ------------------------------------------------------------------------------------------------
+    def _require_generation_tokens(self) -> None:
+        if not self.config.supports_image_generation:
+            raise ValueError(
+                "this config has no image generation tokens: config.special_tokens must define "
+                "image_gen_start_token_id, image_gen_end_token_id and image_gen_pad_token_id"
+            )
+
+    def condition_rows(self, batch_size: int, device: torch.device, drop_rate: float = 0.0) -> torch.LongTensor:
+        """Class-embedding rows: `image_gen_start_token_id`, or with probability `drop_rate` the unconditional row."""
+        rows = torch.full((batch_size,), self.config.image_gen_start_token_id, device=device)
+        if drop_rate > 0:
+            dropped = torch.rand(batch_size, device=device) < drop_rate
+            rows = torch.where(dropped, torch.full_like(rows, self.scale_decoder.unconditional_class), rows)
+        return rows
+
+    def image_gen_embeddings(
+        self, image_tokens: torch.LongTensor, condition: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: code indices (N×L) and condition (N×C) → LLM input embeddings of the pads (N×L×H)."""
+        quantizer = self.vqvae.quantizer
+        next_inputs = quantizer.next_scale_inputs(quantizer.split_scales(image_tokens))
+        var_inputs = self.scale_decoder.teacher_forcing_input(condition, next_inputs.to(condition.dtype))
+        return self.gen_input_projector(var_inputs)
+
+    def image_logits(self, pad_hidden_states: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """LLM states at the pads (N×L×H) → code logits (N×L×V), block-causal over scales."""
+        var_states = self.gen_output_projector(pad_hidden_states)
+        return self.scale_decoder(var_states, condition, attn_mask=self.scale_decoder.block_causal_mask)
+
+    def _merge_image_gen_embeddings(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.Tensor,
+        pixel_gen_values: torch.Tensor | None,
+        image_gen_tokens: torch.LongTensor | None,
+    ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
+        self._require_generation_tokens()
+        if pixel_gen_values is not None and image_gen_tokens is not None:
+            raise ValueError("pass either pixel_gen_values or image_gen_tokens, not both")
+        if pixel_gen_values is not None:
+            image_gen_tokens = self.vqvae.tokenize(pixel_gen_values)
+        else:
+            image_gen_tokens = image_gen_tokens.to(input_ids.device)
+        num_images, length = image_gen_tokens.shape
+        pad_mask = input_ids == self.config.image_gen_pad_token_id
+        if int(pad_mask.sum()) != num_images * self.config.num_image_gen_tokens:
+            raise ValueError(
+                f"input_ids hold {int(pad_mask.sum())} <|image_gen_pad|> tokens but {num_images} generation image(s) "
+                f"need {num_images} x {self.config.num_image_gen_tokens} (one block of Σ patch_nums² per image)"
+            )
+        drop_rate = self.config.var_cond_drop_rate if self.training else 0.0
+        rows = self.condition_rows(num_images, input_ids.device, drop_rate)
+        condition = self.scale_decoder.class_embed(rows)
+        gen_embeds = self.image_gen_embeddings(image_gen_tokens, condition)
+        inputs_embeds = inputs_embeds.masked_scatter(
+            pad_mask.unsqueeze(-1), gen_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
+        )
+        return inputs_embeds, image_gen_tokens, condition
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_gen_values: torch.FloatTensor | None = None,
+        image_gen_tokens: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> VargptModelOutputWithPast:
+        """
+        input_ids (B×T) with `<image>` tokens for `pixel_values` (N×3×h×w) and `<|image_gen_pad|>` blocks for the
+        images to draw, given as `pixel_gen_values` (M×3×H×W in [-1, 1]) or their codes `image_gen_tokens` (M×L).
+        """
+        cache = kwargs.pop("cache", None)
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_features = targets = condition = None
+        if pixel_values is not None:
+            if input_ids is None:
+                raise ValueError("pixel_values need input_ids to locate the <image> tokens")
+            inputs_embeds, image_features = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
+        if pixel_gen_values is not None or image_gen_tokens is not None:
+            if input_ids is None:
+                raise ValueError("generation images need input_ids to locate the <|image_gen_pad|> tokens")
+            inputs_embeds, targets, condition = self._merge_image_gen_embeddings(
+                input_ids, inputs_embeds, pixel_gen_values, image_gen_tokens
+            )
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **{CACHE_ARG: cache},
+            **kwargs,
+        )
+        return VargptModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=getattr(outputs, CACHE_ARG, None),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            image_gen_targets=targets,
+            image_gen_condition=condition,
+        )
+
+
+class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
+    """VARGPT with its text head: `forward`/`generate` for text, `generate_images` (or
+    `generate(..., generation_mode="image")`) for next-scale image generation."""
+
+    _tied_weights_keys = {}
+
+    def __init__(self, config: VargptConfig):
+        super().__init__(config)
+        self.model = VargptModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    @property
+    def vqvae(self) -> VargptVQVAE:
+        return self.model.vqvae
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    # ---- forward ------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_gen_values: torch.FloatTensor | None = None,
+        image_gen_tokens: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> VargptCausalLMOutputWithPast:
+        """
+        Understanding, training and validation in one call. With `<|image_gen_start|> <|image_gen_pad|>×L
+        <|image_gen_end|>` blocks and `pixel_gen_values` (or `image_gen_tokens`) it also returns `image_logits` and
+        the image loss. In train mode condition dropout and drop-path follow the config; in eval mode the same call is
+        deterministic. `labels` are B×T (-100 = ignored); image pads are never text targets.
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            pixel_gen_values=pixel_gen_values,
+            image_gen_tokens=image_gen_tokens,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep])
+
+        image_logits = image_loss = text_loss = None
+        if outputs.image_gen_targets is not None:
+            pad_mask = input_ids == self.config.image_gen_pad_token_id
+            pad_states = hidden_states[pad_mask].view(*outputs.image_gen_targets.shape, -1)
+            image_logits = self.model.image_logits(pad_states, outputs.image_gen_condition)
+            image_loss = F.cross_entropy(
+                image_logits.float().flatten(0, 1), outputs.image_gen_targets.flatten().to(image_logits.device)
+            )
+        if labels is not None:
+            text_loss = self._text_loss(logits, labels, input_ids, num_items_in_batch)
+        losses = [l for l in (text_loss, image_loss) if l is not None]
+        return VargptCausalLMOutputWithPast(
+            loss=sum(losses) if losses else None,
+            text_loss=text_loss,
+            image_loss=image_loss,
+            logits=logits,
+            image_logits=image_logits,
+            image_gen_targets=outputs.image_gen_targets,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def _text_loss(self, logits, labels, input_ids, num_items_in_batch) -> torch.Tensor:
+        if labels.shape[1] != logits.shape[1]:
+            raise ValueError(f"labels cover {labels.shape[1]} positions but logits {logits.shape[1]}")
+        labels = labels.to(logits.device)
+        if input_ids is not None and self.config.image_gen_pad_token_id is not None:
+            labels = labels.masked_fill(input_ids == self.config.image_gen_pad_token_id, self.config.ignore_index)
+        shift_logits = logits[:, :-1].float().flatten(0, 1)
+        shift_labels = labels[:, 1:].flatten()
+        if num_items_in_batch is None:
+            num_items_in_batch = (shift_labels != self.config.ignore_index).sum()
+        total = F.cross_entropy(shift_logits, shift_labels, ignore_index=self.config.ignore_index, reduction="sum")
+        # a batch with no supervised token contributes 0, not NaN
+        return total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """Generation images are embedded once, at prefill; later steps only see new tokens."""
+        first = kwargs.get("is_first_iteration", False)
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        if not first and kwargs.get("use_cache", True):
+            model_inputs.pop("pixel_gen_values", None)
+            model_inputs.pop("image_gen_tokens", None)
+        return model_inputs
+
+    # ---- generation entry point ---------------------------------------------------------------------------------
+    def generate(self, inputs: torch.Tensor | None = None, generation_mode: str = "text", **kwargs):
+        """`generation_mode="text"`: the standard transformers `generate`. `"image"`: next-scale image generation,
+        see [`generate_images`]. `"interleaved"`: text whose answer may draw images (`<|image_gen_start|>` triggers
+        a drawing, then the answer continues after `<|image_gen_end|>`), see [`generate_interleaved`]."""
+        if generation_mode == "text":
+            return super().generate(inputs, **kwargs)
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError(f"generation_mode={generation_mode!r} needs input_ids")
+        if generation_mode == "image":
+            return self.generate_images(input_ids, **kwargs)
+        if generation_mode == "interleaved":
+            return self.generate_interleaved(input_ids, **kwargs)
+        raise ValueError(f"generation_mode must be 'text', 'image' or 'interleaved', got {generation_mode!r}")
+
+    # ---- next-scale image generation ----------------------------------------------------------------------------
+    def _prompts_ending_with_start(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Append `<|image_gen_start|>` to the prompts that lack it, keeping the batch left-padded."""
+        start = self.config.image_gen_start_token_id
+        has_start = input_ids[:, -1] == start
+        if bool(has_start.all()):
+            return input_ids, attention_mask
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("prompts for image generation must be left-padded (attention_mask ends with 0s)")
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        grown_ids = torch.cat([input_ids, torch.full_like(input_ids[:, :1], start)], dim=1)
+        grown_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        # rows that already ended with the start token: shift right by one instead (one more left pad)
+        shifted_ids = torch.cat([torch.full_like(input_ids[:, :1], pad), input_ids], dim=1)
+        shifted_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask], dim=1)
+        ids = torch.where(has_start[:, None], shifted_ids, grown_ids)
+        mask = torch.where(has_start[:, None], shifted_mask, grown_mask)
+        return ids, mask
+
+    def _llm_step(self, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
+        outputs = self.model.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{CACHE_ARG: cache},
+        )
+        return outputs.last_hidden_state
+
+    @torch.no_grad()
+    def generate_images(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_values: torch.FloatTensor | None = None,
+        do_sample: bool = True,
+        top_k: int = 900,
+        top_p: float = 0.95,
+        temperature: float = 1.0,
+        guidance_scale: float = 1.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        scale_callback: Callable[[int, dict], None] | None = None,
+    ) -> VargptImageGenerationOutput:
+        """Draw images by next-scale prediction after each prompt.
+
+        Args:
+            input_ids (B×T): left-padded prompts, ending with or without `<|image_gen_start|>`.
+            attention_mask (B×T, optional): 1 for real tokens.
+            pixel_values (optional): images for `<image>` tokens in the prompts.
+            do_sample / top_k / top_p / temperature: code sampling; `do_sample=False` or `top_k=1` is greedy.
+            guidance_scale: classifier-free guidance against the unconditional class row (<= 1: off).
+            num_images_per_prompt: images drawn per prompt (consecutive in the output).
+            generator: a `torch.Generator` for reproducible sampling.
+            scale_callback: called after every scale as `scale_callback(scale_index, {"f_hat": B×Cvae×S×S,
+                "image_tokens": B×l codes so far})` (e.g. to preview the image sharpening).
+
+        Returns:
+            [`VargptImageGenerationOutput`] with `images` (B·n×3×H×W in [0, 1]) and `image_tokens` (B·n×L).
+        """
+        self.model._require_generation_tokens()
+        sampler = CodeSampler(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty B x T tensor, got shape {tuple(input_ids.shape)}")
+        device = self.lm_head.weight.device
+        input_ids = input_ids.to(device)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        input_ids, attention_mask = self._prompts_ending_with_start(input_ids, attention_mask)
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        needed = input_ids.shape[1] + self.config.num_image_gen_tokens + 1
+        if max_positions is not None and needed > max_positions:
+            raise ValueError(
+                f"prompt of {input_ids.shape[1]} tokens plus {self.config.num_image_gen_tokens} image tokens exceeds "
+                f"the model's max_position_embeddings={max_positions}"
+            )
+
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            inputs_embeds, _ = self.model._merge_image_features(input_ids, inputs_embeds, pixel_values)
+        guided = guidance_scale > 1.0
+        copies = num_images_per_prompt * (2 if guided else 1)
+        # conditional copies first, then the unconditional ones (same prompt, unconditional class row)
+        inputs_embeds = inputs_embeds.repeat_interleave(num_images_per_prompt, dim=0).repeat(copies // num_images_per_prompt, 1, 1)
+        attention_mask = attention_mask.repeat_interleave(num_images_per_prompt, dim=0).repeat(copies // num_images_per_prompt, 1)
+        batch = input_ids.shape[0] * num_images_per_prompt
+        rows = self.model.condition_rows(batch, device)
+        if guided:
+            rows = torch.cat([rows, torch.full_like(rows, self.model.scale_decoder.unconditional_class)])
+        decoder = self.model.scale_decoder
+        quantizer = self.model.vqvae.quantizer
+        condition = decoder.class_embed(rows)
+
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        next_position = position_ids[:, -1:] + 1
+        llm_cache = DynamicCache(config=self.config.text_config)
+        self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
+
+        var_cache = ScaleKVCache(len(decoder.blocks))
+        scale_tokens = decoder.first_scale_input(condition)
+        f_hat = condition.new_zeros(batch, self.config.vq_z_channels, quantizer.final_size, quantizer.final_size)
+        codes_per_scale = []
+        num_scales = len(decoder.scale_sizes)
+        for si, side in enumerate(decoder.scale_sizes):
+            length = side * side
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], length)], 1)
+            positions = next_position + torch.arange(length, device=device)
+            next_position = next_position + length
+            llm_embeds = self.model.gen_input_projector(scale_tokens).to(inputs_embeds.dtype)
+            hidden = self._llm_step(llm_embeds, attention_mask, positions, llm_cache)
+            var_states = self.model.gen_output_projector(hidden.to(condition.dtype))
+            logits = decoder(var_states, condition, cache=var_cache)
+            if guided:
+                logits = guided_logits(logits, guidance_scale, si, num_scales)
+            codes = sampler(logits, generator=generator)
+            codes_per_scale.append(codes)
+            code_map = quantizer.lookup(codes, side).to(f_hat.dtype)
+            f_hat = f_hat + quantizer.scale_contribution(si, code_map)
+            if scale_callback is not None:
+                scale_callback(si, {"f_hat": f_hat, "image_tokens": torch.cat(codes_per_scale, dim=1)})
+            if si + 1 < num_scales:
+                next_side = decoder.scale_sizes[si + 1]
+                token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
+                scale_tokens = decoder.scale_input(si + 1, token_map.to(condition.dtype))
+                if guided:
+                    scale_tokens = scale_tokens.repeat(2, 1, 1)
+        images = self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5)
+        return VargptImageGenerationOutput(images=images.float(), image_tokens=torch.cat(codes_per_scale, dim=1))
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
+        """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
+        return self.model.vqvae.decode(image_tokens.to(self.lm_head.weight.device)).add(1).mul(0.5).float()
+
+    @torch.no_grad()
+    def generate_interleaved(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_values: torch.FloatTensor | None = None,
+        max_new_tokens: int = 256,
+        max_images: int = 1,
+        image_kwargs: dict | None = None,
+        **text_kwargs,
+    ) -> VargptInterleavedOutput:
+        """Answer each prompt with text; whenever the answer emits `<|image_gen_start|>`, draw the image by
+        next-scale prediction (`image_kwargs` go to [`generate_images`]), append its L pads and
+        `<|image_gen_end|>`, and let the answer continue. Prompts are processed one at a time."""
+        self.model._require_generation_tokens()
+        start, end, pad = (
+            self.config.image_gen_start_token_id,
+            self.config.image_gen_end_token_id,
+            self.config.image_gen_pad_token_id,
+        )
+        eos = self.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        image_kwargs = dict(image_kwargs or {})
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        image_slices = self._images_per_prompt(input_ids, pixel_values)
+        all_sequences, all_images, all_tokens = [], [], []
+        for row in range(input_ids.shape[0]):
+            sequence = input_ids[row][attention_mask[row].bool()].unsqueeze(0)
+            prompt_pixels = image_slices[row]
+            drawn_tokens = []
+            budget = max_new_tokens
+            while budget > 0:
+                extra = {}
+                if drawn_tokens:
+                    extra["image_gen_tokens"] = torch.cat(drawn_tokens)
+                if prompt_pixels is not None:
+                    extra["pixel_values"] = prompt_pixels
+                before = sequence.shape[1]
+                stop_ids = eos + ([start] if len(drawn_tokens) < max_images else [])
+                sequence = super().generate(
+                    sequence, max_new_tokens=budget, eos_token_id=stop_ids, **extra, **text_kwargs
+                )
+                budget -= sequence.shape[1] - before
+                if sequence[0, -1].item() != start or len(drawn_tokens) >= max_images:
+                    break
+                drawn = self.generate_images(sequence, pixel_values=prompt_pixels, **image_kwargs)
+                drawn_tokens.append(drawn.image_tokens)
+                block = torch.tensor([pad] * self.config.num_image_gen_tokens + [end], device=sequence.device)
+                sequence = torch.cat([sequence, block.unsqueeze(0)], dim=1)
+            all_sequences.append(sequence[0])
+            tokens = torch.cat(drawn_tokens) if drawn_tokens else input_ids.new_zeros(0, self.config.num_image_gen_tokens)
+            all_tokens.append(tokens)
+            all_images.append(self.decode_image_tokens(tokens) if drawn_tokens else torch.zeros(0))
+        return VargptInterleavedOutput(sequences=all_sequences, images=all_images, image_tokens=all_tokens)
+
+    def _images_per_prompt(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None) -> list:
+        """Split a batch's `pixel_values` by how many images each prompt's `<image>` tokens stand for."""
+        if pixel_values is None:
+            return [None] * input_ids.shape[0]
+        per_image = self.config.image_seq_length
+        counts = ((input_ids == self.config.image_token_index).sum(dim=1) // max(per_image, 1)).tolist()
+        if sum(counts) != pixel_values.shape[0]:
+            raise ValueError(
+                f"{pixel_values.shape[0]} images were given but the prompts' <image> tokens stand for {sum(counts)}"
+            )
+        slices, start = [], 0
+        for count in counts:
+            slices.append(pixel_values[start : start + count] if count else None)
+            start += count
+        return slices
+
+
+__all__ = [
+    "VargptPreTrainedModel",
+    "VargptModel",
+    "VargptForConditionalGeneration",
+    "VargptModelOutputWithPast",
+    "VargptCausalLMOutputWithPast",
+    "RELEASED_KEY_MAPPING",
+]

@@ -1,0 +1,304 @@
+"""VAR's multi-scale residual VQVAE: an image becomes K code maps of growing size, and back.
+
+Encoding quantises the feature map f (B×Cvae×h×w) scale by scale: the residual is area-downsampled to the scale's
+side, snapped to its nearest codebook vector, bicubic-upsampled back, filtered by a Φ conv, and subtracted. The sum
+of the filtered code maps is f̂, which the conv decoder turns into an image in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .configuration_vargpt import VargptVQVAEConfig
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class VQResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = _group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = _group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.nin_shortcut = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class VQAttnBlock(nn.Module):
+    """Single-head self-attention over the pixels of a feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1)
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(batch, 3, channels, height * width).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return x + self.proj_out(h.transpose(-1, -2).reshape(batch, channels, height, width))
+
+
+class VQDownsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as the taming-transformers VQGAN
+
+
+class VQUpsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class VQStage(nn.Module):
+    """One resolution of the encoder or decoder: resnet blocks, optional attention after each, resampling."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, with_attention: bool, resample):
+        super().__init__()
+        self.block = nn.ModuleList(
+            VQResnetBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(num_blocks)
+        )
+        self.attn = nn.ModuleList(VQAttnBlock(out_channels) for _ in range(num_blocks if with_attention else 0))
+        # the released checkpoint names the resampler after its direction
+        self.resample_name = None
+        if resample is not None:
+            self.resample_name = "downsample" if resample is VQDownsample else "upsample"
+            self.add_module(self.resample_name, resample(out_channels))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn):
+                h = self.attn[i](h)
+        return getattr(self, self.resample_name)(h) if self.resample_name else h
+
+
+class VQMiddle(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block_1 = VQResnetBlock(channels, channels)
+        self.attn_1 = VQAttnBlock(channels)
+        self.block_2 = VQResnetBlock(channels, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h)))
+
+
+class VQEncoder(nn.Module):
+    """Image (B×3×H×W) → features (B×Cvae×H/f×W/f), f = 2 ** (len(channel_multipliers) - 1)."""
+
+    def __init__(self, config: VargptVQVAEConfig):
+        super().__init__()
+        ch, mults = config.base_channels, config.channel_multipliers
+        self.conv_in = nn.Conv2d(3, ch, kernel_size=3, padding=1)
+        widths = [ch] + [ch * m for m in mults]
+        last = len(mults) - 1
+        self.down = nn.ModuleList(
+            VQStage(widths[i], widths[i + 1], config.num_res_blocks, i == last, VQDownsample if i != last else None)
+            for i in range(len(mults))
+        )
+        self.mid = VQMiddle(widths[-1])
+        self.norm_out = _group_norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], config.z_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.down:
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+
+
+class VQDecoder(nn.Module):
+    """Features (B×Cvae×h×w) → image (B×3×h·f×w·f). `up[i]` is the stage at resolution i (run from last to first)."""
+
+    def __init__(self, config: VargptVQVAEConfig):
+        super().__init__()
+        ch, mults = config.base_channels, config.channel_multipliers
+        last = len(mults) - 1
+        top = ch * mults[last]
+        self.conv_in = nn.Conv2d(config.z_channels, top, kernel_size=3, padding=1)
+        self.mid = VQMiddle(top)
+        stages = []
+        in_channels = top
+        for i in reversed(range(len(mults))):
+            stages.insert(
+                0,
+                VQStage(in_channels, ch * mults[i], config.num_res_blocks + 1, i == last, VQUpsample if i else None),
+            )
+            in_channels = ch * mults[i]
+        self.up = nn.ModuleList(stages)
+        self.norm_out = _group_norm(ch * mults[0])
+        self.conv_out = nn.Conv2d(ch * mults[0], 3, kernel_size=3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for stage in reversed(self.up):
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class ResidualFilter(nn.Conv2d):
+    """Φ: `h * (1 - r) + conv3x3(h) * r`, applied to each upsampled code map before it joins f̂."""
+
+    def __init__(self, channels: int, ratio: float):
+        super().__init__(channels, channels, kernel_size=3, padding=1)
+        self.ratio = abs(ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * (1 - self.ratio) + super().forward(h) * self.ratio
+
+
+class MultiScaleQuantizer(nn.Module):
+    """Residual quantisation over `scale_sizes`; owns the codebook (V×Cvae) and the Φ filters."""
+
+    def __init__(self, config: VargptVQVAEConfig):
+        super().__init__()
+        self.scale_sizes = list(config.scale_sizes)
+        self.codebook = nn.Embedding(config.vocab_size, config.z_channels)
+        num_filters = config.num_residual_filters or len(self.scale_sizes)
+        use_filter = abs(config.residual_ratio) > 1e-6
+        self.residual_filters = nn.ModuleList(
+            ResidualFilter(config.z_channels, config.residual_ratio) if use_filter else nn.Identity()
+            for _ in range(num_filters)
+        )
+        # Scale si uses the filter whose tick is nearest to si / (S - 1); VAR spaces 4 ticks at 1/12 .. 11/12.
+        margin = 1 / 3 / num_filters if num_filters == 4 else 1 / 2 / num_filters
+        ticks = torch.linspace(margin, 1 - margin, num_filters, dtype=torch.float64)
+        last = len(self.scale_sizes) - 1
+        self.filter_of_scale = [
+            int(torch.argmin((ticks - si / last).abs())) if num_filters > 1 else 0 for si in range(last + 1)
+        ]
+
+    @property
+    def final_size(self) -> int:
+        return self.scale_sizes[-1]
+
+    def scale_contribution(self, scale_index: int, code_map: torch.Tensor) -> torch.Tensor:
+        """Code vectors of one scale (B×Cvae×s×s) → their filtered contribution to f̂ (B×Cvae×S×S)."""
+        if scale_index != len(self.scale_sizes) - 1:
+            code_map = F.interpolate(code_map, size=(self.final_size, self.final_size), mode="bicubic")
+        return self.residual_filters[self.filter_of_scale[scale_index]](code_map)
+
+    def lookup(self, indices: torch.LongTensor, side: int) -> torch.Tensor:
+        """Code indices (B×side²) → code vectors (B×Cvae×side×side)."""
+        return self.codebook(indices).transpose(1, 2).reshape(indices.shape[0], -1, side, side)
+
+    @torch.no_grad()
+    def quantize(self, features: torch.Tensor) -> list[torch.LongTensor]:
+        """Features f (B×Cvae×S×S) → code indices per scale, each B×s²."""
+        batch, channels, height, width = features.shape
+        if (height, width) != (self.final_size, self.final_size):
+            raise ValueError(f"feature map is {height}x{width}, expected {self.final_size}x{self.final_size}")
+        residual = features.clone()
+        codebook = self.codebook.weight
+        codebook_sq = codebook.square().sum(dim=1)
+        indices = []
+        for si, side in enumerate(self.scale_sizes):
+            rest = residual if side == self.final_size else F.interpolate(residual, size=(side, side), mode="area")
+            rest = rest.permute(0, 2, 3, 1).reshape(-1, channels)
+            distance = rest.square().sum(dim=1, keepdim=True) + codebook_sq - 2 * rest @ codebook.T
+            idx = distance.argmin(dim=1).view(batch, side * side)
+            residual = residual - self.scale_contribution(si, self.lookup(idx, side))
+            indices.append(idx)
+        return indices
+
+    def split_scales(self, tokens: torch.LongTensor) -> list[torch.LongTensor]:
+        """Concatenated indices (B×L) → per-scale indices."""
+        expected = sum(s * s for s in self.scale_sizes)
+        if tokens.ndim != 2 or tokens.shape[1] != expected:
+            raise ValueError(f"image tokens must be B x {expected} code indices, got shape {tuple(tokens.shape)}")
+        return list(tokens.split([s * s for s in self.scale_sizes], dim=1))
+
+    def indices_to_fhat(self, indices: list[torch.LongTensor]) -> torch.Tensor:
+        """Per-scale indices → f̂ (B×Cvae×S×S)."""
+        f_hat = 0
+        for si, (idx, side) in enumerate(zip(indices, self.scale_sizes)):
+            f_hat = f_hat + self.scale_contribution(si, self.lookup(idx, side))
+        return f_hat
+
+    def next_scale_inputs(self, indices: list[torch.LongTensor]) -> torch.Tensor:
+        """Teacher forcing: for scales 2..K, the area-downsampled running f̂ after all earlier scales.
+
+        Returns B×(L - s₁²)×Cvae, scale after scale, row-major within a scale.
+        """
+        f_hat = 0
+        inputs = []
+        for si in range(len(self.scale_sizes) - 1):
+            f_hat = f_hat + self.scale_contribution(si, self.lookup(indices[si], self.scale_sizes[si]))
+            side = self.scale_sizes[si + 1]
+            inputs.append(F.interpolate(f_hat, size=(side, side), mode="area").flatten(2).transpose(1, 2))
+        return torch.cat(inputs, dim=1)
+
+
+class VargptVQVAE(PreTrainedModel):
+    """The multi-scale residual VQVAE of VAR (`vae_local` in the released checkpoint). Frozen in every stage."""
+
+    config_class = VargptVQVAEConfig
+    config: VargptVQVAEConfig
+    base_model_prefix = "vqvae"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["VQStage", "VQMiddle", "MultiScaleQuantizer"]
+
+    def __init__(self, config: VargptVQVAEConfig):
+        super().__init__(config)
+        self.encoder = VQEncoder(config)
+        self.decoder = VQDecoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.z_channels, kernel_size=3, padding=1)
+        self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, kernel_size=3, padding=1)
+        self.quantizer = MultiScaleQuantizer(config)
+        self.post_init()
+
+    def _check_images(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"generation images must be B x 3 x {size} x {size} (image_gen_size), scaled to [-1, 1]; "
+                f"got shape {tuple(pixel_values.shape)}"
+            )
+
+    @torch.no_grad()
+    def encode(self, pixel_values: torch.Tensor) -> list[torch.LongTensor]:
+        """Images in [-1, 1] (B×3×H×W) → code indices per scale (each B×s²)."""
+        self._check_images(pixel_values)
+        features = self.quant_conv(self.encoder(pixel_values.to(self.dtype)))
+        return self.quantizer.quantize(features)
+
+    def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """Images in [-1, 1] (B×3×H×W) → all scales' code indices concatenated (B×L)."""
+        return torch.cat(self.encode(pixel_values), dim=1)
+
+    def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f̂ (B×Cvae×S×S) → image in [-1, 1] (B×3×H×W)."""
+        return self.decoder(self.post_quant_conv(f_hat.to(self.dtype))).clamp(-1, 1)
+
+    def decode(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """Code indices (B×L, all scales concatenated) → image in [-1, 1] (B×3×H×W)."""
+        return self.decode_fhat(self.quantizer.indices_to_fhat(self.quantizer.split_scales(tokens)))
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Round trip: returns (code indices B×L, reconstruction in [-1, 1])."""
+        tokens = self.tokenize(pixel_values)
+        return tokens, self.decode(tokens)
+
+
+__all__ = ["VargptVQVAE", "MultiScaleQuantizer"]
