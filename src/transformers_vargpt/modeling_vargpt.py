@@ -578,10 +578,10 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             inputs_embeds, _ = self.model._merge_image_features(input_ids, inputs_embeds, pixel_values)
         guided = guidance_scale > 1.0
-        copies = num_images_per_prompt * (2 if guided else 1)
-        # conditional copies first, then the unconditional ones (same prompt, unconditional class row)
-        inputs_embeds = inputs_embeds.repeat_interleave(num_images_per_prompt, dim=0).repeat(copies // num_images_per_prompt, 1, 1)
-        attention_mask = attention_mask.repeat_interleave(num_images_per_prompt, dim=0).repeat(copies // num_images_per_prompt, 1)
+        # one row per image; with guidance the unconditional copies (same prompt, unconditional class row) follow
+        branches = 2 if guided else 1
+        inputs_embeds = inputs_embeds.repeat_interleave(num_images_per_prompt, dim=0).repeat(branches, 1, 1)
+        attention_mask = attention_mask.repeat_interleave(num_images_per_prompt, dim=0).repeat(branches, 1)
         batch = input_ids.shape[0] * num_images_per_prompt
         rows = self.model.condition_rows(batch, device)
         if guided:

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_vargpt import VargptConfig
 
@@ -86,7 +87,7 @@ class VarMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-class VarBlock(nn.Module):
+class VarBlock(GradientCheckpointingLayer):
     """Pre-norm transformer block whose LayerNorm scale/shift and residual gains come from the condition (AdaLN)."""
 
     def __init__(self, config: VargptConfig, layer_idx: int, drop_path_rate: float):
