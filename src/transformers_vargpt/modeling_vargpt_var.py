@@ -62,7 +62,8 @@ class VarSelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, length, width = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).view(batch, length, 3, self.num_heads, self.head_dim)
+        # call the module (not F.linear on its weight) so that adapters wrapping `qkv` (LoRA) take part
+        qkv = (self.qkv(x) + bias).view(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B×heads×l×head_dim
         if self.l2_norm:
             q = F.normalize(q, dim=-1) * self.logit_scale.clamp(max=math.log(100.0)).exp()
