@@ -7,6 +7,9 @@ import json
 import re
 import threading
 
+import numpy as np
+import pytest
+
 import torch
 from safetensors import safe_open
 from transformers import (
@@ -455,3 +458,15 @@ def test_sdpa_and_eager_give_the_same_logits(tiny_config):
         eager.generate_images(prompt, do_sample=False).image_tokens,
         sdpa.generate_images(prompt, do_sample=False).image_tokens,
     )
+
+
+@pytest.mark.parametrize("patch_nums", [[1, 2, 3, 4, 5, 6, 8, 10, 13, 16], [1, 2, 3, 4, 5], [1, 2, 3, 4]])
+def test_residual_filter_choice_follows_the_released_float64_ticks(patch_nums):
+    """Scales that fall exactly between two Φ ticks (2/9, 1/2) must pick the filter VAR's numpy rounding picks."""
+    from transformers_vargpt.configuration_vargpt import VargptVQVAEConfig
+    from transformers_vargpt.modeling_vargpt_vqvae import MultiScaleQuantizer
+
+    config = VargptVQVAEConfig(scale_sizes=patch_nums, image_size=patch_nums[-1] * 16)
+    ticks = np.linspace(1 / 12, 11 / 12, 4)  # VAR's PhiPartiallyShared with 4 filters
+    expected = [int(np.argmin(np.abs(ticks - si / (len(patch_nums) - 1)))) for si in range(len(patch_nums))]
+    assert MultiScaleQuantizer(config).filter_of_scale == expected

@@ -170,8 +170,10 @@ class VargptConfig(PreTrainedConfig):
         kwargs.pop("hidden_size", None)
         kwargs.pop("vocab_size", None)
         super().__post_init__(**kwargs)
-        if self.var_num_classes is None and self.image_gen_start_token_id is not None:
-            self.var_num_classes = self.image_gen_start_token_id + 1
+        if self.var_num_classes is None:
+            # without generation tokens the model can still read images; its (unused) condition table keeps 2 rows
+            start = self.image_gen_start_token_id
+            self.var_num_classes = start + 1 if start is not None else 1
         if self.var_embed_dim % self.var_num_heads:
             raise ValueError(
                 f"var_embed_dim={self.var_embed_dim} must be divisible by var_num_heads={self.var_num_heads}"

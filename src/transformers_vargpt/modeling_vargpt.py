@@ -29,6 +29,7 @@ from .generation_vargpt import (
     check_guidance_scale,
     guided_logits,
 )
+from .hub import VargptHubMixin
 from .modeling_vargpt_var import ScaleKVCache, VarBlock, VargptScaleDecoder, VarSelfAttention
 from .modeling_vargpt_vqvae import VargptVQVAE
 
@@ -41,7 +42,8 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).paramete
 RELEASED_KEY_MAPPING = {
     r"^language_model\.model\.": "model.language_model.",
     r"^language_model\.lm_head\.": "lm_head.",
-    r"^vision_tower\.": "model.vision_tower.",
+    # transformers 5 CLIPVisionModel has no `vision_model` level
+    r"^vision_tower\.(?:vision_model\.)?": "model.vision_tower.",
     r"^multi_modal_projector\.": "model.multi_modal_projector.",
     r"^vae_local\.quantize\.embedding\.": "model.vqvae.quantizer.codebook.",
     r"^vae_local\.quantize\.quant_resi\.qresi_ls\.": "model.vqvae.quantizer.residual_filters.",
@@ -149,7 +151,7 @@ class VargptGenProjector(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class VargptPreTrainedModel(PreTrainedModel):
+class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
     config_class = VargptConfig
     config: VargptConfig
     base_model_prefix = "model"

@@ -157,7 +157,9 @@ class VargptScaleDecoder(nn.Module):
         self.scale_embed = nn.Embedding(len(self.scale_sizes), width)
         if config.var_shared_aln:
             self.shared_adaln = nn.Linear(width, 6 * width)
-        rates = torch.linspace(0, config.var_drop_path_rate, config.var_depth).tolist()
+        # stochastic depth grows linearly over the blocks (plain Python: this runs under the meta device too)
+        depth = config.var_depth
+        rates = [config.var_drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList(VarBlock(config, i, rates[i]) for i in range(config.var_depth))
         self.head_norm = VarHeadNorm(config)
         self.head = nn.Linear(width, config.vq_vocab_size)

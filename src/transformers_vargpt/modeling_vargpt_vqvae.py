@@ -7,6 +7,7 @@ of the filtered code maps is f̂, which the conv decoder turns into an image in 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,12 +183,11 @@ class MultiScaleQuantizer(nn.Module):
             for _ in range(num_filters)
         )
         # Scale si uses the filter whose tick is nearest to si / (S - 1); VAR spaces 4 ticks at 1/12 .. 11/12.
+        # Some scales sit exactly between two ticks (e.g. 2/9, 1/2): numpy's float64 rounding decides, as in VAR.
         margin = 1 / 3 / num_filters if num_filters == 4 else 1 / 2 / num_filters
-        ticks = torch.linspace(margin, 1 - margin, num_filters, dtype=torch.float64)
+        ticks = np.linspace(margin, 1 - margin, num_filters)
         last = len(self.scale_sizes) - 1
-        self.filter_of_scale = [
-            int(torch.argmin((ticks - si / last).abs())) if num_filters > 1 else 0 for si in range(last + 1)
-        ]
+        self.filter_of_scale = [int(np.argmin(np.abs(ticks - si / last))) for si in range(last + 1)]
 
     @property
     def final_size(self) -> int:
@@ -201,7 +201,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def lookup(self, indices: torch.LongTensor, side: int) -> torch.Tensor:
         """Code indices (B×side²) → code vectors (B×Cvae×side×side)."""
-        return self.codebook(indices).transpose(1, 2).reshape(indices.shape[0], -1, side, side)
+        return self.codebook(indices).transpose(1, 2).reshape(indices.shape[0], -1, side, side).contiguous()
 
     @torch.no_grad()
     def quantize(self, features: torch.Tensor) -> list[torch.LongTensor]:
