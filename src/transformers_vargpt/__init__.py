@@ -10,6 +10,7 @@ from .generation_vargpt import VargptImageGenerationOutput, VargptInterleavedOut
 from .modeling_vargpt import VargptForConditionalGeneration, VargptModel, VargptPreTrainedModel
 from .modeling_vargpt_vqvae import VargptVQVAE
 from .processing_vargpt import VARGPTLlavaProcessor, VargptProcessor
+from .pipelines_transformers import VargptImageTextToTextPipeline, register_pipelines
 
 AutoConfig.register(VargptConfig.model_type, VargptConfig, exist_ok=True)
 AutoConfig.register(VargptVQVAEConfig.model_type, VargptVQVAEConfig, exist_ok=True)
@@ -19,8 +20,28 @@ AutoModelForImageTextToText.register(VargptConfig, VargptForConditionalGeneratio
 AutoProcessor.register(VargptConfig, VargptProcessor, exist_ok=True)
 # The released processor_config.json names "VARGPTLlavaProcessor"; AutoProcessor resolves registered classes by name.
 AutoProcessor.register(VargptConfig.model_type, VARGPTLlavaProcessor, exist_ok=True)
+# save_pretrained writes auto_map and copies the code files: checkpoints load with trust_remote_code=True without us
+VargptConfig.register_for_auto_class()
+VargptForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+VargptProcessor.register_for_auto_class()
+# pipeline("image-text-to-text") / pipeline("image-to-text") for VARGPT models
+register_pipelines()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # the diffusers pipeline is imported on first use: diffusers adds half a second to `import transformers_vargpt`
+    if name == "VargptPipeline":
+        from .pipeline_vargpt import VargptPipeline
+
+        return VargptPipeline
+    if name == "VargptPipelineOutput":
+        from .pipeline_output import VargptPipelineOutput
+
+        return VargptPipelineOutput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "VargptConfig",
@@ -33,4 +54,7 @@ __all__ = [
     "VARGPTLlavaProcessor",
     "VargptImageGenerationOutput",
     "VargptInterleavedOutput",
+    "VargptImageTextToTextPipeline",
+    "VargptPipeline",
+    "VargptPipelineOutput",
 ]

@@ -1,0 +1,255 @@
+"""Text-to-image with VARGPT as a diffusers pipeline.
+
+A thin conductor: the processor turns each prompt into a text-to-image prompt (a user turn, `ASSISTANT:`,
+`<|image_gen_start|>`), the model draws by next-scale prediction (`generate_images`, LLM ⇄ VAR scale by scale, then the
+VQVAE), and the pipeline reports progress once per scale, calls `callback_on_step_end` after every scale and converts the
+images to `output_type`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+from transformers.utils import logging
+
+from .modeling_vargpt import VargptForConditionalGeneration
+from .pipeline_output import VargptPipelineOutput
+from .processing_vargpt import VargptProcessor
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+# Keyword arguments of `from_pretrained` that locate files rather than configure the model.
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> import transformers_vargpt
+        >>> from transformers_vargpt.pipeline_vargpt import VargptPipeline
+
+        >>> pipe = VargptPipeline.from_pretrained("VARGPT-family/VARGPT_LLaVA-v1", torch_dtype=torch.bfloat16).to("cuda")
+        >>> image = pipe("a butterfly on a flower", guidance_scale=2.5, generator=torch.Generator().manual_seed(0)).images[0]
+        >>> image.save("butterfly.png")
+        ```
+"""
+
+
+class VargptPipeline(DiffusionPipeline):
+    r"""
+    Text-to-image generation with VARGPT: the LLM reads the prompt, then VAR draws the image scale by scale
+    (`len(patch_nums)` steps, 10 for the released model) and the multi-scale VQVAE decodes it.
+
+    Components:
+        model ([`VargptForConditionalGeneration`]): the VARGPT model (LLM, VAR decoder, VQVAE).
+        processor ([`VargptProcessor`]): tokenizer and chat template that build the text-to-image prompts.
+
+    `from_pretrained` loads a saved pipeline (`model_index.json`, `model/`, `processor/`) or a single VARGPT model
+    directory or Hub repository holding model and processor files side by side (this package's layout or the
+    released one); for the latter, keyword arguments that are [`VargptConfig`] fields override the config (the
+    released `config.json` does not record the VAR/VQVAE sizes).
+    """
+
+    model_cpu_offload_seq = "model"
+    _callback_tensor_inputs = ["f_hat", "image_tokens", "image"]
+
+    def __init__(self, model: VargptForConditionalGeneration, processor: VargptProcessor):
+        super().__init__()
+        self.register_modules(model=model, processor=processor)
+        # generate_images already returns images in [0, 1]: no denormalisation, no resizing
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
+
+    @property
+    def num_scales(self) -> int:
+        """Steps of one generation: the number of VAR scales."""
+        return len(self.model.config.patch_nums)
+
+    # ---- loading ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "VargptPipeline":
+        """Load a saved pipeline, or build one from a single model directory / Hub repository (see the class doc).
+
+        For a single model, `torch_dtype`/`dtype`, `device_map` and [`VargptConfig`] fields (e.g. `patch_nums`,
+        `var_depth`) go to the model; `processor_kwargs` (a dict) go to the processor.
+        """
+        if _is_pipeline_repository(str(pretrained_model_name_or_path), kwargs):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls.from_single_model(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_single_model(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "VargptPipeline":
+        """Build the pipeline from one directory / repository that holds the model and the processor files."""
+        processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+        if "torch_dtype" in kwargs:  # diffusers' name for it
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        model = VargptForConditionalGeneration.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # the processor's generation sizes follow the model's config (which the overrides may have set)
+        processor_kwargs.setdefault("patch_nums", model.config.patch_nums)
+        processor_kwargs.setdefault("image_gen_size", model.config.image_gen_size)
+        processor = VargptProcessor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs, **processor_kwargs)
+        return cls(model=model.eval(), processor=processor)
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        prompt: Any,
+        output_type: str,
+        generator: Any,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> None:
+        """Argument errors before any work. Prompt emptiness, `num_images_per_prompt` and the prompt length are
+        checked where they are used (processor and model), with messages that name them."""
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, (list, tuple)) and all(isinstance(item, str) for item in prompt)
+        ):
+            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "generator must be one torch.Generator (the codes of all images are sampled together), "
+                f"got {type(generator).__name__}"
+            )
+        unknown = [name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
+            )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 1.0,
+        top_k: int = 900,
+        top_p: float = 0.95,
+        temperature: float = 1.0,
+        do_sample: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[["VargptPipeline", int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["f_hat"],
+    ) -> VargptPipelineOutput | tuple:
+        r"""
+        Draw images of the prompts.
+
+        Args:
+            prompt (`str` or `list[str]`):
+                What to draw: a plain description per image ("a butterfly on a flower"); the processor wraps it in a
+                user turn of the chat template and appends `<|image_gen_start|>`.
+            num_images_per_prompt (`int`, defaults to 1): images per prompt (consecutive in the output).
+            guidance_scale (`float`, defaults to 1.0):
+                Classifier-free guidance against the unconditional class row that training's condition dropout
+                teaches, ramped over the scales as VAR does; `<= 1` disables it. The default is 1 (no guidance)
+                because that is how the released model draws (its inference code computes a guidance ratio but never
+                applies it) and it costs one forward pass instead of two; values around 1.5-3 trade diversity for
+                prompt fidelity, as VAR's `cfg` (`cfg = guidance_scale - 1`).
+            top_k (`int`, defaults to 900), top_p (`float`, defaults to 0.95), temperature (`float`, defaults to 1.0):
+                Code sampling at every scale (the released defaults); `top_k=0` / `top_p=1` disable the filters.
+            do_sample (`bool`, defaults to `True`): `False` takes the arg-max code everywhere (deterministic).
+            generator (`torch.Generator`, *optional*): makes sampling reproducible (same seed, same images).
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"`: a list of `PIL.Image.Image`; `"np"`: a float array `(B, H, W, 3)` in [0, 1];
+                `"pt"`: a float tensor `(B, 3, H, W)` in [0, 1].
+            return_dict (`bool`, defaults to `True`): return a [`VargptPipelineOutput`] rather than `(images,)`.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after every scale as `callback_on_step_end(pipe, scale_index, scale_index, callback_kwargs)`
+                (the scale index is both step and timestep). `callback_kwargs` holds the requested tensors:
+                `"f_hat"` (`(B, Cvae, S, S)`, the summed code features so far), `"image_tokens"` (`(B, l)`, the codes
+                so far) and `"image"` (`(B, 3, H, W)` in [0, 1], the partial image decoded from `f_hat`). A returned
+                `"f_hat"` replaces the running features (copied in place), as diffusers callbacks replace latents.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["f_hat"]`):
+                Which of `f_hat`, `image_tokens`, `image` the callback receives.
+
+        Returns:
+            [`VargptPipelineOutput`] (a diffusers [`ImagePipelineOutput`]) with `images` and `image_tokens`, or
+            `(images,)` when `return_dict=False`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if isinstance(generator, (list, tuple)) and len(generator) == 1:
+            generator = generator[0]
+        self.check_inputs(prompt, output_type, generator, callback_on_step_end_tensor_inputs)
+        self._guidance_scale = guidance_scale
+
+        # 1. prompts -> left-padded ids ending with <|image_gen_start|>
+        inputs = self.processor(text=prompt, generation_mode="image", return_tensors="pt").to(self._execution_device)
+
+        # 2. next-scale generation, one progress step and one callback per scale
+        with self.progress_bar(total=self.num_scales) as progress_bar:
+
+            def on_scale(scale_index: int, state: dict[str, torch.Tensor]) -> None:
+                if callback_on_step_end is not None:
+                    callback_kwargs = {
+                        name: self._callback_tensor(name, state) for name in callback_on_step_end_tensor_inputs
+                    }
+                    callback_outputs = callback_on_step_end(self, scale_index, scale_index, callback_kwargs) or {}
+                    new_f_hat = callback_outputs.get("f_hat")
+                    if new_f_hat is not None and new_f_hat is not state["f_hat"]:
+                        state["f_hat"].copy_(new_f_hat)
+                progress_bar.update()
+
+            output = self.model.generate_images(
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                do_sample=do_sample,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                guidance_scale=guidance_scale,
+                num_images_per_prompt=num_images_per_prompt,
+                generator=generator,
+                scale_callback=on_scale,
+            )
+
+        # 3. post-process
+        images = self.image_processor.postprocess(output.images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return VargptPipelineOutput(images=images, image_tokens=output.image_tokens)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    def _callback_tensor(self, name: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        if name == "image":
+            return self.model.vqvae.decode_fhat(state["f_hat"]).add(1).mul(0.5).float()
+        return state[name]
+
+
+def _is_pipeline_repository(path: str, kwargs: dict[str, Any]) -> bool:
+    """Whether `path` holds a saved pipeline (`model_index.json`) rather than a single model."""
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, "model_index.json"))
+    hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+    try:
+        hf_hub_download(path, "model_index.json", **hub_kwargs)
+    except RemoteEntryNotFoundError:
+        return False
+    except LocalEntryNotFoundError:  # offline: a cached single model has its config.json in the cache
+        cached = try_to_load_from_cache(
+            path, "config.json", cache_dir=hub_kwargs.get("cache_dir"), revision=hub_kwargs.get("revision")
+        )
+        return not isinstance(cached, str)
+    except Exception:  # gated, missing, ...: let diffusers report it in its own words
+        return True
+    return True
+
+
+__all__ = ["VargptPipeline"]
