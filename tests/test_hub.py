@@ -20,7 +20,7 @@ import transformers_vargpt
 from transformers_vargpt import VargptForConditionalGeneration, VargptProcessor, hub
 
 TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vargpt-original-tiny"
-PACKAGE_SRC = Path(transformers_vargpt.__file__).resolve().parents[1]
+PACKAGE_DIR = Path(transformers_vargpt.__file__).resolve().parent
 CODE_FILES = {
     "configuration_vargpt.py",
     "generation_vargpt.py",
@@ -72,7 +72,7 @@ def test_save_writes_auto_map_and_code_files(saved_dir):
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_vargpt.VargptProcessor"}
     assert CODE_FILES <= {path.name for path in saved_dir.iterdir()}
     for name in CODE_FILES:  # copied as they are
-        assert (saved_dir / name).read_bytes() == (PACKAGE_SRC / "transformers_vargpt" / name).read_bytes()
+        assert (saved_dir / name).read_bytes() == (PACKAGE_DIR / name).read_bytes()
 
 
 def test_saved_directory_loads_with_the_installed_package(released, saved_dir):
@@ -85,15 +85,24 @@ def test_saved_directory_loads_with_the_installed_package(released, saved_dir):
 
 
 def test_trust_remote_code_without_the_package(released, saved_dir, tmp_path):
-    """A Python without transformers_vargpt on its path loads and runs the saved directory from its code files."""
+    """A Python where transformers_vargpt cannot be imported loads and runs the saved directory from its code files.
+
+    An import hook makes the package unimportable whatever way it is installed (editable or not), so the model and
+    processor can only come from the copied code files, which must import nothing of the package."""
     expected = reference_outputs(*released)
     script = textwrap.dedent(
         f"""
-        import importlib.util, json, os, sys
+        import json, sys
 
-        package_src = {str(PACKAGE_SRC)!r}
-        sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != package_src]
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+
+        class WithoutThePackage:  # import hook: as if transformers_vargpt were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "transformers_vargpt":
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+
+        sys.meta_path.insert(0, WithoutThePackage())
         try:
             import transformers_vargpt
         except ImportError:
@@ -119,7 +128,6 @@ def test_trust_remote_code_without_the_package(released, saved_dir, tmp_path):
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
     )
