@@ -211,4 +211,5 @@ def test_processor_save_carries_its_code(released, tmp_path):
     reloaded = AutoProcessor.from_pretrained(saved)
     assert reloaded.patch_nums == [1, 2, 3, 4]
     inputs = reloaded(text=T2I_TEXT, generation_mode="image", return_tensors="pt")
-    assert torch.equal(inputs["input_ids"], processor(text=T2I_TEXT, generation_mode="image", return_tensors="pt")["input_ids"])
+    expected = processor(text=T2I_TEXT, generation_mode="image", return_tensors="pt")
+    assert torch.equal(inputs["input_ids"], expected["input_ids"])

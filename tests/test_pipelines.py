@@ -194,7 +194,8 @@ def test_pipeline_save_and_load_round_trip(released_pipe, t2i_description, tmp_p
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == "VargptPipeline"
     assert index["model"][1] == "VargptForConditionalGeneration" and index["processor"][1] == "VargptProcessor"
-    assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "processor" / "tokenizer.json").is_file()
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "processor" / "tokenizer.json").is_file()
 
     loaded = VargptPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
@@ -224,7 +225,8 @@ def test_image_text_to_text_chat_matches_released_greedy_answer(
 ):
     pipe = pipeline("image-text-to-text", model=released_model, processor=fixture_processor())
     assert isinstance(pipe, VargptImageTextToTextPipeline)
-    conversation = [{"role": "user", "content": [{"type": "image", "image": und_image}, {"type": "text", "text": QUESTION}]}]
+    content = [{"type": "image", "image": und_image}, {"type": "text", "text": QUESTION}]
+    conversation = [{"role": "user", "content": content}]
     out = pipe(text=conversation, max_new_tokens=8, return_full_text=False)
     new_ids = golden_tensors["und_generate_ids"][0, golden_tensors["und_input_ids"].shape[1] :]
     assert out[0]["generated_text"] == pipe.processor.decode(new_ids, skip_special_tokens=True)
@@ -235,7 +237,7 @@ def test_image_text_to_text_plain_prompts_batches_and_directory(golden, und_imag
     assert pipe.processor.patch_nums == [1, 2, 3, 4]  # model_kwargs reach the processor too
     prompts = [golden["und_prompt"], "USER: <image>\nWhat is it? ASSISTANT:"]
     images = [und_image, und_image.rotate(90)]
-    singles = [pipe(images=image, text=text, max_new_tokens=4)[0]["generated_text"] for image, text in zip(images, prompts)]
+    singles = [pipe(images=i, text=t, max_new_tokens=4)[0]["generated_text"] for i, t in zip(images, prompts)]
     together = [record["generated_text"] for record in pipe(images=images, text=prompts, max_new_tokens=4)]
     assert together == singles
     assert all(text.startswith(prompt) for text, prompt in zip(singles, prompts))

@@ -1,9 +1,9 @@
 """Text-to-image with VARGPT as a diffusers pipeline.
 
 A thin conductor: the processor turns each prompt into a text-to-image prompt (a user turn, `ASSISTANT:`,
-`<|image_gen_start|>`), the model draws by next-scale prediction (`generate_images`, LLM ⇄ VAR scale by scale, then the
-VQVAE), and the pipeline reports progress once per scale, calls `callback_on_step_end` after every scale and converts the
-images to `output_type`.
+`<|image_gen_start|>`), the model draws by next-scale prediction (`generate_images`: LLM ⇄ VAR scale by scale, then
+the VQVAE), and the pipeline reports progress once per scale, calls `callback_on_step_end` after every scale and
+converts the images to `output_type`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import replace_example_docstring
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from transformers.utils import logging
@@ -36,8 +37,10 @@ EXAMPLE_DOC_STRING = """
         >>> import transformers_vargpt
         >>> from transformers_vargpt.pipeline_vargpt import VargptPipeline
 
-        >>> pipe = VargptPipeline.from_pretrained("VARGPT-family/VARGPT_LLaVA-v1", torch_dtype=torch.bfloat16).to("cuda")
-        >>> image = pipe("a butterfly on a flower", guidance_scale=2.5, generator=torch.Generator().manual_seed(0)).images[0]
+        >>> pipe = VargptPipeline.from_pretrained("VARGPT-family/VARGPT_LLaVA-v1", torch_dtype=torch.bfloat16)
+        >>> pipe = pipe.to("cuda")
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> image = pipe("a butterfly on a flower", guidance_scale=2.5, generator=generator).images[0]
         >>> image.save("butterfly.png")
         ```
 """
@@ -119,13 +122,15 @@ class VargptPipeline(DiffusionPipeline):
                 "generator must be one torch.Generator (the codes of all images are sampled together), "
                 f"got {type(generator).__name__}"
             )
-        unknown = [name for name in callback_on_step_end_tensor_inputs or [] if name not in self._callback_tensor_inputs]
+        requested = callback_on_step_end_tensor_inputs or []
+        unknown = [name for name in requested if name not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
                 f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
             )
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str],
@@ -174,6 +179,8 @@ class VargptPipeline(DiffusionPipeline):
                 `"f_hat"` replaces the running features (copied in place), as diffusers callbacks replace latents.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["f_hat"]`):
                 Which of `f_hat`, `image_tokens`, `image` the callback receives.
+
+        Examples:
 
         Returns:
             [`VargptPipelineOutput`] (a diffusers [`ImagePipelineOutput`]) with `images` and `image_tokens`, or

@@ -130,7 +130,8 @@ class VargptImageTextToTextPipeline(ImageTextToTextPipeline):
 
         def as_v4(records: list[dict]) -> list[dict[str, str]]:
             # the answer is cut from the decoded sequence after the decoded prompt, which may leave its separator
-            return [{"generated_text": r["generated_text"] if full_text else r["generated_text"].lstrip()} for r in records]
+            texts = [record["generated_text"] for record in records]
+            return [{"generated_text": text if full_text else text.lstrip()} for text in texts]
 
         return as_v4(results) if single else [as_v4(records) for records in results]
 
