@@ -1,0 +1,252 @@
+"""Batches of VARGPT training examples: Vicuna prompts, assistant-only labels, images to read and images to draw.
+
+An example (see `data.py`) is rendered with the Vicuna v1 template that VARGPT was trained with:
+
+    "{system} USER: {user} ASSISTANT: {answer}</s>USER: {user} ASSISTANT: {answer}</s>"
+
+with `<image>` expanded to the vision tower's image tokens and `<image_gen>` to `<|image_gen_start|>`, one
+`<|image_gen_pad|>` per code of all scales and `<|image_gen_end|>`. Only the answers (the space after
+`ASSISTANT:` through `</s>`) are text targets; image tokens and image-generation pads never are (the pads are
+supervised by the image loss instead).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers.utils import logging
+
+from ..processing_vargpt import IMAGE_GEN_MARKER, load_rgb_image
+from .data import IMAGE_MARKER, placeholder_kinds
+
+logger = logging.get_logger(__name__)
+
+VICUNA_SYSTEM_MESSAGE = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions."
+)
+USER_ROLE, ASSISTANT_ROLE = "USER", "ASSISTANT"
+TRUNCATION_MODES = ("truncate", "skip")
+
+
+def _load_image(image: Any) -> PIL.Image.Image:
+    """A path, PIL image, array or a `datasets` image dict (`{"bytes": ..., "path": ...}`) → RGB PIL image."""
+    if isinstance(image, dict):
+        if image.get("bytes") is not None:
+            image = PIL.Image.open(io.BytesIO(image["bytes"]))
+        elif image.get("path") is not None:
+            image = image["path"]
+        else:
+            raise ValueError(f"image dict without bytes or path: {sorted(image)}")
+    return load_rgb_image(image)
+
+
+class VargptDataCollator:
+    """Turns normalised examples (`{"messages", "images"}`) into a right-padded training batch.
+
+    Args:
+        processor ([`VargptProcessor`]): tokenizer (fast, with offsets), CLIP image processor and the
+            image-generation settings (`patch_nums`, `image_gen_size`).
+        max_length (`int`, *optional*, defaults to 2048): longest sequence kept (the released cutoff); `None` keeps
+            everything. Longer examples are cut before `max_length`, never inside an image's token block (the cut
+            moves to the block's start and the block's image is dropped).
+        truncation (`str`, defaults to `"truncate"`): `"truncate"` as above, or `"skip"` to drop over-long examples.
+            Examples left without any target token are dropped in both modes; every drop is counted and logged.
+        system_message (`str`): the system line (Vicuna's); a conversation's own leading system turn replaces it.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+
+    Returns (from `__call__`), for B examples kept out of the batch:
+        `input_ids`, `attention_mask`, `labels` (B×T, -100 where not supervised), and when present
+        `pixel_values` (N×3×h×w, images to read, in order) and `pixel_gen_values` (M×3×S×S in [-1, 1], images to
+        draw).
+    """
+
+    def __init__(
+        self,
+        processor,
+        max_length: int | None = 2048,
+        truncation: str = "truncate",
+        system_message: str = VICUNA_SYSTEM_MESSAGE,
+        pad_to_multiple_of: int | None = None,
+        ignore_index: int = -100,
+    ):
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        if max_length is not None and max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (or None), got {max_length}")
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if not getattr(self.tokenizer, "is_fast", True):
+            raise ValueError("VargptDataCollator needs a fast tokenizer (it reads token offsets to place the labels)")
+        self.max_length = max_length
+        self.truncation = truncation
+        self.system_message = system_message
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.ignore_index = ignore_index
+        self.eos_token = self.tokenizer.eos_token
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_token_id = pad_id if pad_id is not None else self.tokenizer.eos_token_id
+        self.image_token_id = processor.image_token_id
+        self.image_gen_pad_token_id = processor.image_gen_pad_token_id
+        self.num_image_gen_tokens = processor.num_image_gen_tokens
+        self.num_truncated = 0
+        self.num_skipped = 0
+
+    # ---- one example --------------------------------------------------------------------------------------------
+    def render(self, messages: list[dict[str, str]], num_image_tokens: int) -> tuple[str, list[tuple[int, int]]]:
+        """The prompt text with image placeholders expanded, and the character spans of the answers (targets)."""
+        system = self.system_message
+        if messages and messages[0]["role"] == "system":
+            system, messages = messages[0]["content"], messages[1:]
+        image_text = self.processor.image_token * num_image_tokens
+        gen_text = self.processor.image_gen_sequence
+
+        def expand(content: str) -> str:
+            return content.replace(IMAGE_MARKER, image_text).replace(IMAGE_GEN_MARKER, gen_text)
+
+        text = system + " " if system else ""
+        spans = []
+        for message in messages:
+            content = expand(message["content"])
+            if message["role"] == "assistant":
+                text += f"{ASSISTANT_ROLE}:"
+                start = len(text)
+                text += " " + content + self.eos_token  # the separator space belongs to the answer's first token
+                spans.append((start, len(text)))
+            elif message["role"] == "user":
+                text += f"{USER_ROLE}: {content} "
+            else:  # a system turn in mid-conversation: plain context
+                text += content + " "
+        return text, spans
+
+    def _image_blocks(self, input_ids: np.ndarray, token_id: int, block_length: int, pad: int) -> list[tuple[int, int]]:
+        """(first, last) positions of each image's token block; `pad` extra tokens on each side (start/end)."""
+        positions = np.flatnonzero(input_ids == token_id)
+        if block_length == 0 or len(positions) % block_length:
+            raise ValueError(
+                f"found {len(positions)} tokens of id {token_id}, "
+                f"not a whole number of {block_length}-token image blocks"
+            )
+        return [
+            (int(positions[i]) - pad, int(positions[i + block_length - 1]) + pad)
+            for i in range(0, len(positions), block_length)
+        ]
+
+    def encode(self, example: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+        """One example → `input_ids`, `labels` (1-D int64 arrays) and its images, or None when it is dropped.
+
+        With `force`, an example that would be dropped is truncated and kept anyway (used when a whole batch would
+        otherwise be empty).
+        """
+        messages = example["messages"]
+        images = list(example.get("images") or [])
+        kinds = placeholder_kinds(messages)
+        if len(kinds) != len(images):
+            raise ValueError(
+                f"an example has {len(kinds)} image placeholder(s) but {len(images)} image(s); normalise the data with "
+                "transformers_vargpt.training.load_vargpt_dataset"
+            )
+        loaded = [_load_image(image) for image in images]
+        read_images = [image for image, kind in zip(loaded, kinds) if kind == IMAGE_MARKER]
+        gen_images = [image for image, kind in zip(loaded, kinds) if kind == IMAGE_GEN_MARKER]
+        pixel_values = pixel_gen_values = None
+        num_image_tokens = 0
+        if read_images:
+            pixel_values = self.processor(images=read_images, return_tensors="pt")["pixel_values"]
+            num_image_tokens = self.processor.num_image_tokens(*pixel_values.shape[-2:])
+        if gen_images:
+            pixel_gen_values = self.processor(images_gen=gen_images, return_tensors="pt")["pixel_gen_values"]
+
+        text, spans = self.render(messages, num_image_tokens)
+        encoding = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        input_ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        supervised = np.zeros(len(input_ids), dtype=bool)
+        for begin, end in spans:
+            supervised |= (starts >= begin) & (starts < end) & (ends > starts)
+        supervised &= (input_ids != self.image_token_id) & (input_ids != self.image_gen_pad_token_id)
+        labels = np.where(supervised, input_ids, self.ignore_index)
+
+        read_blocks = self._image_blocks(input_ids, self.image_token_id, num_image_tokens, 0) if read_images else []
+        gen_blocks = []
+        if gen_images:  # pads plus the start and end tokens around them
+            gen_blocks = self._image_blocks(input_ids, self.image_gen_pad_token_id, self.num_image_gen_tokens, 1)
+        if len(read_blocks) != len(read_images) or len(gen_blocks) != len(gen_images):
+            raise ValueError("the tokenizer did not keep the image placeholders as single tokens")
+
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            if self.truncation == "skip" and not force:
+                self._count_dropped(f"longer than max_length={self.max_length} ({len(input_ids)} tokens)")
+                return None
+            cut = self.max_length
+            for first, last in sorted(read_blocks + gen_blocks):
+                if first < cut <= last:  # the cut would split this block: cut before it instead
+                    cut = first
+            cut = max(cut, 1)
+            input_ids, labels = input_ids[:cut], labels[:cut]
+            keep_read = sum(last < cut for _, last in read_blocks)
+            keep_gen = sum(last < cut for _, last in gen_blocks)
+            pixel_values = pixel_values[:keep_read] if keep_read else None
+            pixel_gen_values = pixel_gen_values[:keep_gen] if keep_gen else None
+            self.num_truncated += 1
+            if _is_power_of_two(self.num_truncated):
+                logger.warning(
+                    f"truncated {self.num_truncated} example(s) to max_length={self.max_length} so far (cuts are moved "
+                    "before image blocks; images past the cut are dropped)"
+                )
+        if not force and not (labels[1:] != self.ignore_index).any():
+            self._count_dropped("no target token left")
+            return None
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "pixel_gen_values": pixel_gen_values,
+        }
+
+    def _count_dropped(self, reason: str) -> None:
+        self.num_skipped += 1
+        if _is_power_of_two(self.num_skipped):
+            logger.warning(f"skipped {self.num_skipped} training example(s) so far (latest: {reason})")
+
+    # ---- a batch ------------------------------------------------------------------------------------------------
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        encoded = [self.encode(example) for example in examples]
+        encoded = [item for item in encoded if item is not None]
+        if not encoded:
+            # every example was dropped; keep the first one (truncated, possibly with no target) to keep the loop going
+            encoded = [self.encode(examples[0], force=True)]
+
+        length = max(len(item["input_ids"]) for item in encoded)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_size = len(encoded)
+        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
+        labels = torch.full((batch_size, length), self.ignore_index, dtype=torch.long)
+        for row, item in enumerate(encoded):
+            size = len(item["input_ids"])
+            input_ids[row, :size] = torch.from_numpy(item["input_ids"])
+            attention_mask[row, :size] = 1
+            labels[row, :size] = torch.from_numpy(item["labels"])
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for key in ("pixel_values", "pixel_gen_values"):
+            parts = [item[key] for item in encoded if item[key] is not None]
+            if parts:
+                batch[key] = torch.cat(parts)
+        return batch
+
+
+def _is_power_of_two(count: int) -> bool:
+    return count > 0 and count & (count - 1) == 0
+
+
+__all__ = ["VargptDataCollator", "VICUNA_SYSTEM_MESSAGE"]
