@@ -124,7 +124,12 @@ def train_main(argv: list[str] | None = None) -> None:
     --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --lora-target-modules ...]` plus every `SFTConfig` /
     `TrainingArguments` option (`--learning_rate`, `--max_steps`, `--save_steps`, `--resume_from_checkpoint last`,
     ...), or `vargpt-train --config train.yaml` with the same names as keys (command-line options override the file).
-    Runs under `accelerate launch` as it is.
+
+    Several processes: `accelerate launch --multi_gpu --num_processes N -m transformers_vargpt.training ...` or
+    `torchrun --nproc_per_node N -m transformers_vargpt.training ...`; on a machine without GPUs the processes train
+    with DDP over gloo. (`accelerate launch --cpu --num_processes N` starts a single process unless given an MPI
+    hostfile.) `--per_device_train_batch_size` is per process: keep N × it × gradient accumulation fixed to keep the
+    loss curve.
     """
     import transformers
     from trl import TrlParser
