@@ -201,6 +201,12 @@ def test_collator_supervises_only_assistant_tokens(tiny):
     assert (labels[attention == 0] == -100).all()
     assert (input_ids[attention == 0] == tokenizer.pad_token_id).all()
     assert (labels[:, 0] == -100).all() and input_ids[0, 0] == tokenizer.bos_token_id
+    # a conversation's own system turn replaces Vicuna's line and is never a target
+    own_system = {**TEXT_ONLY, "messages": [{"role": "system", "content": "you draw ."}, *TEXT_ONLY["messages"]]}
+    batch = collator([own_system])
+    text = tokenizer.decode(batch["input_ids"][0])
+    assert text.startswith("<s> you draw. user : what color")
+    assert batch["labels"][0][batch["labels"][0] != -100].tolist() == ids("the sky is blue .") + [eos]
 
 
 def test_collator_truncation_never_splits_image_blocks(tiny):
