@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import transformers_vargpt  # noqa: F401  (registers vargpt_llava with the Auto classes)
 from transformers import AutoModelForImageTextToText
 from transformers_vargpt import VargptConfig, VargptForConditionalGeneration
+from transformers_vargpt.tiny_models import TINY_GENERATION_SIZES
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TINY_DIR = FIXTURES / "vargpt-original-tiny"
@@ -57,16 +58,6 @@ TINY_VISION_CONFIG = {
     "patch_size": 8,
     "projection_dim": 32,
 }
-TINY_GEN_CONFIG = {
-    "patch_nums": [1, 2, 3, 4],
-    "image_gen_size": 64,
-    "vq_ch": 32,
-    "vq_z_channels": 8,
-    "vq_vocab_size": 64,
-    "var_depth": 2,
-    "var_embed_dim": 64,
-    "var_num_heads": 2,
-}
 # 32x32 image, patch 8 -> 16 patches (CLS dropped by the "default" strategy)
 TINY_IMAGE_SEQ_LENGTH = 16
 TINY_NUM_IMAGE_GEN_TOKENS = 1 + 4 + 9 + 16
@@ -85,7 +76,7 @@ def make_tiny_config(**overrides) -> VargptConfig:
         special_tokens=copy.deepcopy(SPECIAL_TOKENS),
         # wider than the 0.02 default so that a random model's greedy codes vary from position to position
         initializer_range=0.1,
-        **TINY_GEN_CONFIG,
+        **copy.deepcopy(TINY_GENERATION_SIZES),
     )
     kwargs.update(overrides)
     return VargptConfig(**kwargs)

@@ -625,13 +625,18 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
                 scale_tokens = decoder.scale_input(si + 1, token_map.to(condition.dtype))
                 if guided:
                     scale_tokens = scale_tokens.repeat(2, 1, 1)
-        images = self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5)
-        return VargptImageGenerationOutput(images=images.float(), image_tokens=torch.cat(codes_per_scale, dim=1))
+        images = self.decode_fhat(f_hat)
+        return VargptImageGenerationOutput(images=images, image_tokens=torch.cat(codes_per_scale, dim=1))
+
+    @torch.no_grad()
+    def decode_fhat(self, f_hat: torch.Tensor) -> torch.FloatTensor:
+        """Summed code features f̂ (B×Cvae×S×S, complete or partial) → float images in [0, 1] (B×3×H×W)."""
+        return self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5).float()
 
     @torch.no_grad()
     def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
         """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
-        return self.model.vqvae.decode(image_tokens.to(self.lm_head.weight.device)).add(1).mul(0.5).float()
+        return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
 
     @torch.no_grad()
     def generate_interleaved(

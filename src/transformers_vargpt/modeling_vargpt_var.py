@@ -179,9 +179,10 @@ class VargptScaleDecoder(nn.Module):
         scale_ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scale_sizes)])
         return scale_ids, scale_ids[:, None] >= scale_ids[None, :]
 
-    def scale_position_embed(self) -> torch.Tensor:
-        """Per-position additive embedding (1×L×C): scale level + absolute position."""
-        return self.scale_embed(self.scale_ids)[None] + self.pos_embed
+    def scale_position_embed(self, scale_index: int) -> torch.Tensor:
+        """Additive embedding of one scale's positions (1×s²×C): its level embedding + the absolute positions."""
+        begin, end = self.scale_bounds[scale_index]
+        return self.scale_embed.weight[scale_index] + self.pos_embed[:, begin:end]
 
     def block_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """What the blocks receive: the class embedding, or its shared AdaLN projection (B×1×6×C)."""
@@ -191,19 +192,17 @@ class VargptScaleDecoder(nn.Module):
 
     def first_scale_input(self, condition: torch.Tensor) -> torch.Tensor:
         """condition (B×C) → the first scale's input tokens (B×s₁²×C)."""
-        first = self.scale_sizes[0] ** 2
-        return condition[:, None] + self.start_pos_embed + self.scale_position_embed()[:, :first]
+        return condition[:, None] + self.start_pos_embed + self.scale_position_embed(0)
 
     def scale_input(self, scale_index: int, token_map: torch.Tensor) -> torch.Tensor:
         """Downsampled f̂ for scale `scale_index` (B×s²×Cvae) → that scale's input tokens (B×s²×C)."""
-        begin, end = self.scale_bounds[scale_index]
-        return self.code_embed(token_map) + self.scale_position_embed()[:, begin:end]
+        return self.code_embed(token_map) + self.scale_position_embed(scale_index)
 
     def teacher_forcing_input(self, condition: torch.Tensor, next_scale_inputs: torch.Tensor) -> torch.Tensor:
         """All scales' inputs at once for training: condition (B×C), B×(L-s₁²)×Cvae → B×L×C."""
         start = condition[:, None] + self.start_pos_embed
         x = torch.cat((start, self.code_embed(next_scale_inputs)), dim=1)
-        return x + self.scale_position_embed()
+        return x + self.scale_embed(self.scale_ids)[None] + self.pos_embed
 
     def forward(
         self,

@@ -291,9 +291,13 @@ class VargptVQVAE(PreTrainedModel):
         """f̂ (B×Cvae×S×S) → image in [-1, 1] (B×3×H×W)."""
         return self.decoder(self.post_quant_conv(f_hat.to(self.dtype))).clamp(-1, 1)
 
+    def tokens_to_fhat(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """Code indices (B×L, all scales concatenated) → f̂ (B×Cvae×S×S)."""
+        return self.quantizer.indices_to_fhat(self.quantizer.split_scales(tokens))
+
     def decode(self, tokens: torch.LongTensor) -> torch.Tensor:
         """Code indices (B×L, all scales concatenated) → image in [-1, 1] (B×3×H×W)."""
-        return self.decode_fhat(self.quantizer.indices_to_fhat(self.quantizer.split_scales(tokens)))
+        return self.decode_fhat(self.tokens_to_fhat(tokens))
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.LongTensor, torch.Tensor]:
         """Round trip: returns (code indices B×L, reconstruction in [-1, 1])."""

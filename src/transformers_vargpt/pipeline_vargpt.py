@@ -236,7 +236,7 @@ class VargptPipeline(DiffusionPipeline):
 
     def _callback_tensor(self, name: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
         if name == "image":
-            return self.model.vqvae.decode_fhat(state["f_hat"]).add(1).mul(0.5).float()
+            return self.model.decode_fhat(state["f_hat"])
         return state[name]
 
 

@@ -30,6 +30,19 @@ _WORDS = (
 ).split(" ")
 
 
+# The drawing half of the tiny model: 64x64 images from 4 scales (30 codes of 64), a 2-block VAR.
+TINY_GENERATION_SIZES = {
+    "patch_nums": [1, 2, 3, 4],
+    "image_gen_size": 64,
+    "vq_vocab_size": 64,
+    "vq_z_channels": 8,
+    "vq_ch": 32,
+    "var_depth": 2,
+    "var_embed_dim": 64,
+    "var_num_heads": 2,
+}
+
+
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer: `<unk> <s> </s>`, a few hundred words and letters, then the five VARGPT tokens."""
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
@@ -93,14 +106,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
             "image_gen_pad": "<|image_gen_pad|>",
             "image_gen_pad_token_id": ids["<|image_gen_pad|>"],
         },
-        patch_nums=[1, 2, 3, 4],
-        image_gen_size=64,
-        vq_vocab_size=64,
-        vq_z_channels=8,
-        vq_ch=32,
-        var_depth=2,
-        var_embed_dim=64,
-        var_num_heads=2,
+        **TINY_GENERATION_SIZES,
     )
     settings.update(overrides)
     return VargptConfig(**settings)
@@ -133,4 +139,4 @@ def build_tiny_vargpt(seed: int = 0, **overrides):
     return model, processor
 
 
-__all__ = ["build_tiny_tokenizer", "tiny_config", "build_tiny_vargpt", "VICUNA_CHAT_TEMPLATE"]
+__all__ = ["TINY_GENERATION_SIZES", "build_tiny_tokenizer", "tiny_config", "build_tiny_vargpt", "VICUNA_CHAT_TEMPLATE"]
