@@ -579,11 +579,19 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             inputs_embeds, _ = self.model._merge_image_features(input_ids, inputs_embeds, pixel_values)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        llm_cache = DynamicCache(config=self.config.text_config)
+        self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
+
+        # The prompt is read once; its cache is then copied to one row per image, and with guidance the
+        # unconditional copies (same prompt, unconditional class row) follow the conditional ones.
         guided = guidance_scale > 1.0
-        # one row per image; with guidance the unconditional copies (same prompt, unconditional class row) follow
         branches = 2 if guided else 1
-        inputs_embeds = inputs_embeds.repeat_interleave(num_images_per_prompt, dim=0).repeat(branches, 1, 1)
-        attention_mask = attention_mask.repeat_interleave(num_images_per_prompt, dim=0).repeat(branches, 1)
+        prompt_of_row = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images_per_prompt)
+        prompt_of_row = prompt_of_row.repeat(branches)
+        if prompt_of_row.shape[0] != input_ids.shape[0]:
+            llm_cache.reorder_cache(prompt_of_row)
+            attention_mask, position_ids = attention_mask[prompt_of_row], position_ids[prompt_of_row]
         batch = input_ids.shape[0] * num_images_per_prompt
         rows = self.model.condition_rows(batch, device)
         if guided:
@@ -591,11 +599,7 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         decoder = self.model.scale_decoder
         quantizer = self.model.vqvae.quantizer
         condition = decoder.class_embed(rows)
-
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         next_position = position_ids[:, -1:] + 1
-        llm_cache = DynamicCache(config=self.config.text_config)
-        self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
 
         var_cache = ScaleKVCache(len(decoder.blocks))
         scale_tokens = decoder.first_scale_input(condition)
