@@ -470,3 +470,33 @@ def test_residual_filter_choice_follows_the_released_float64_ticks(patch_nums):
     ticks = np.linspace(1 / 12, 11 / 12, 4)  # VAR's PhiPartiallyShared with 4 filters
     expected = [int(np.argmin(np.abs(ticks - si / (len(patch_nums) - 1)))) for si in range(len(patch_nums))]
     assert MultiScaleQuantizer(config).filter_of_scale == expected
+
+
+def test_text_loss_from_target_positions_only_equals_the_full_loss(tiny_model):
+    """Training may evaluate the LM head only where a text target follows (not over an image's pads): same loss,
+    same gradients."""
+    from transformers_vargpt.training.trainer import supervised_positions
+
+    model = tiny_model(seed=3)
+    prompt = [1, 40, 41, 42, IMAGE_GEN_START_ID] + [IMAGE_GEN_PAD_ID] * TINY_NUM_IMAGE_GEN_TOKENS
+    input_ids = torch.tensor([prompt + [IMAGE_GEN_END_ID, 50, 51, 2]])
+    labels = input_ids.clone()
+    labels[:, :4] = -100
+    labels[input_ids == IMAGE_GEN_PAD_ID] = -100
+    tokens = torch.randint(0, 64, (1, TINY_NUM_IMAGE_GEN_TOKENS))
+    positions = supervised_positions(labels)
+    # the tokens before <|image_gen_start|>, the last pad (<|image_gen_end|>), <|image_gen_end|> (50), 50 (51), 51 (</s>)
+    end = 4 + TINY_NUM_IMAGE_GEN_TOKENS
+    assert positions.tolist() == [3, end, end + 1, end + 2, end + 3]
+    losses, grads = [], []
+    for keep in (0, positions):
+        model.zero_grad()
+        out = model(input_ids=input_ids, labels=labels, image_gen_tokens=tokens, logits_to_keep=keep)
+        out.text_loss.backward()
+        losses.append(out.text_loss.detach())
+        grads.append(model.lm_head.weight.grad.clone())
+    assert out.logits.shape[1] == positions.numel()
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(input_ids=input_ids, labels=labels, image_gen_tokens=tokens, logits_to_keep=2)

@@ -438,7 +438,7 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
                 image_logits.float().flatten(0, 1), outputs.image_gen_targets.flatten().to(image_logits.device)
             )
         if labels is not None:
-            text_loss = self._text_loss(logits, labels, input_ids, num_items_in_batch)
+            text_loss = self._text_loss(logits, labels, input_ids, keep, num_items_in_batch)
         losses = [l for l in (text_loss, image_loss) if l is not None]
         return VargptCausalLMOutputWithPast(
             loss=sum(losses) if losses else None,
@@ -453,17 +453,36 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def _text_loss(self, logits, labels, input_ids, num_items_in_batch) -> torch.Tensor:
-        if labels.shape[1] != logits.shape[1]:
-            raise ValueError(f"labels cover {labels.shape[1]} positions but logits {logits.shape[1]}")
+    def _text_loss(self, logits, labels, input_ids, keep, num_items_in_batch) -> torch.Tensor:
+        """Cross-entropy of the logits at position t against `labels[t + 1]` (image pads never count).
+
+        `keep` says which positions the logits cover: all of them (the usual shift), or a 1-D tensor of positions,
+        which lets training skip the LM head where no text target follows (e.g. the L pads of an image to draw).
+        """
         labels = labels.to(logits.device)
         if input_ids is not None and self.config.image_gen_pad_token_id is not None:
             labels = labels.masked_fill(input_ids == self.config.image_gen_pad_token_id, self.config.ignore_index)
-        shift_logits = logits[:, :-1].float().flatten(0, 1)
-        shift_labels = labels[:, 1:].flatten()
+        if torch.is_tensor(keep):
+            positions = keep.to(labels.device)
+            if positions.ndim != 1 or bool((positions >= labels.shape[1] - 1).any()):
+                raise ValueError(
+                    "with labels, logits_to_keep must be a 1-D tensor of positions before the last one "
+                    f"(each predicts the label after it); got {tuple(positions.shape)} for {labels.shape[1]} positions"
+                )
+            logits, targets = logits, labels[:, positions + 1]
+        elif logits.shape[1] == labels.shape[1]:
+            logits, targets = logits[:, :-1], labels[:, 1:]
+        else:
+            raise ValueError(
+                f"labels cover {labels.shape[1]} positions but logits {logits.shape[1]}: with labels, logits_to_keep "
+                "must be 0 (all positions) or a tensor of positions"
+            )
+        targets = targets.flatten()
         if num_items_in_batch is None:
-            num_items_in_batch = (shift_labels != self.config.ignore_index).sum()
-        total = F.cross_entropy(shift_logits, shift_labels, ignore_index=self.config.ignore_index, reduction="sum")
+            num_items_in_batch = (targets != self.config.ignore_index).sum()
+        total = F.cross_entropy(
+            logits.float().flatten(0, 1), targets, ignore_index=self.config.ignore_index, reduction="sum"
+        )
         # a batch with no supervised token contributes 0, not NaN
         return total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
 

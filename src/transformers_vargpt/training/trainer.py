@@ -328,7 +328,9 @@ class VargptSFTTrainer(SFTTrainer):
         """`text_loss + image_loss`. In training each is a per-token mean over the accumulated batch (summed over
         micro-batches and, like TRL's token loss, over processes); in evaluation, the micro-batch means."""
         mode = "train" if self.model.training else "eval"
-        inputs = {**inputs, "use_cache": False}
+        # The LM head only where a text target follows: not over the L pads of every image to draw.
+        target_positions = supervised_positions(inputs["labels"])
+        inputs = {**inputs, "use_cache": False, "logits_to_keep": target_positions}
         outputs = model(**inputs)
         local = self._local_counts(inputs)
         text_loss = outputs.text_loss if outputs.text_loss is not None else outputs.logits.sum() * 0.0
@@ -351,9 +353,9 @@ class VargptSFTTrainer(SFTTrainer):
             loss = self._anchor(model, loss)
 
         with torch.no_grad():
-            labels = inputs["labels"][:, 1:]
+            labels = inputs["labels"][:, target_positions + 1]
             mask = labels != -100
-            correct = ((outputs.logits[:, :-1].argmax(-1) == labels) & mask).sum()
+            correct = ((outputs.logits.argmax(-1) == labels) & mask).sum()
             stats = torch.stack(
                 [
                     text_sum.detach().float(),
@@ -395,6 +397,11 @@ class VargptSFTTrainer(SFTTrainer):
             return loss
         anchor = sum(p.reshape(-1)[:1].float().sum() for p in self._anchor_parameters)
         return loss + anchor * 0.0
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.LongTensor:
+    """Positions t (1-D) whose next label `labels[:, t + 1]` is a text target in some row of the batch."""
+    return (labels[:, 1:] != -100).any(dim=0).nonzero().flatten()
 
 
 def _is_peft(model) -> bool:
