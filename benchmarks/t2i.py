@@ -1,0 +1,154 @@
+"""Text-to-image: latency at batch 1, throughput at several batch sizes, and where the time goes.
+
+Greedy codes, no guidance, one short prompt per image. The breakdown instruments the model from outside (nothing
+in `src/` changes): forward hooks time `model.model.language_model`, `model.model.scale_decoder` and the two
+generation projectors; a wrapper on the instance's `model.model.vqvae.decode_fhat` times the VQVAE decode; the
+`scale_callback` of `generate_images` marks the end of every scale. Time between those is "other" (code lookup,
+greedy selection, f̂ update, next-scale inputs).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+
+import torch
+
+from .medium import t2i_inputs
+from .timing import measure
+
+GREEDY = {"do_sample": False, "guidance_scale": 1.0}
+COMPONENTS = {
+    "llm": "language_model",
+    "var_blocks": "scale_decoder",
+    "gen_input_projector": "gen_input_projector",
+    "gen_output_projector": "gen_output_projector",
+}
+
+
+def generate(model, inputs, **kwargs):
+    return model.generate_images(**inputs, **GREEDY, **kwargs)
+
+
+def latency_and_throughput(model, processor, batch_sizes=(1, 4, 8), repeats: int = 5) -> dict:
+    """Median seconds per `generate_images` call at each batch size; images/s = batch / median."""
+    results = {}
+    for batch in batch_sizes:
+        inputs = t2i_inputs(processor, batch)
+        stats = measure(lambda: generate(model, inputs), repeats=repeats if batch == 1 else max(2, repeats // 2))
+        stats["images_per_s"] = batch / stats["median_s"]
+        stats["seconds_per_image"] = stats["median_s"] / batch
+        results[str(batch)] = stats
+    base = results[str(batch_sizes[0])]["images_per_s"]
+    for stats in results.values():
+        stats["throughput_vs_batch1"] = stats["images_per_s"] / base
+    return {"prompt_tokens": int(t2i_inputs(processor, 1)["input_ids"].shape[1]), "by_batch": results}
+
+
+class ComponentTimer:
+    """Records (component, start, end) for every call of the instrumented modules during one generation."""
+
+    def __init__(self, model):
+        self.model = model
+        self.events: list[tuple[str, float, float]] = []
+        self.scale_ends: list[float] = []
+        self._open: dict[str, float] = {}
+
+    @contextmanager
+    def installed(self):
+        body = self.model.model
+        handles = []
+        for name, attribute in COMPONENTS.items():
+            module = getattr(body, attribute)
+            handles.append(module.register_forward_pre_hook(self._pre(name)))
+            handles.append(module.register_forward_hook(self._post(name)))
+        vqvae = body.vqvae
+        original = vqvae.decode_fhat
+
+        def timed_decode(*args, **kwargs):
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            self.events.append(("vqvae_decode", start, time.perf_counter()))
+            return out
+
+        vqvae.decode_fhat = timed_decode  # instance attribute: the class is untouched
+        try:
+            yield self
+        finally:
+            del vqvae.decode_fhat
+            for handle in handles:
+                handle.remove()
+
+    def _pre(self, name):
+        def hook(module, args):
+            self._open[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(module, args, output):
+            self.events.append((name, self._open.pop(name), time.perf_counter()))
+        return hook
+
+    def callback(self, scale_index: int, state: dict) -> None:
+        self.scale_ends.append(time.perf_counter())
+
+    def split(self, start: float, end: float, scale_sizes) -> dict:
+        """Seconds per phase (prefill, each scale, decode) and per component inside each phase."""
+        llm_calls = [e for e in self.events if e[0] == "llm"]
+        prefill_end = llm_calls[0][2]
+        bounds = [(start, prefill_end, "prefill")]
+        previous = prefill_end
+        for si, scale_end in enumerate(self.scale_ends):
+            bounds.append((previous, scale_end, f"scale_{si}"))
+            previous = scale_end
+        bounds.append((previous, end, "decode"))
+        phases = {}
+        for low, high, label in bounds:
+            parts = {name: 0.0 for name in [*COMPONENTS, "vqvae_decode"]}
+            for name, s, e in self.events:
+                if low <= s < high:
+                    parts[name] += e - s
+            parts["other"] = (high - low) - sum(parts.values())
+            phases[label] = {"total_s": high - low, **parts}
+        for si, side in enumerate(scale_sizes):
+            phases[f"scale_{si}"]["side"] = side
+            phases[f"scale_{si}"]["tokens"] = side * side
+        return phases
+
+
+def breakdown(model, processor, repeats: int = 3) -> dict:
+    """Median over `repeats` instrumented batch-1 generations of the per-phase, per-component split."""
+    inputs = t2i_inputs(processor, 1)
+    scale_sizes = list(model.config.patch_nums)
+    generate(model, inputs)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        timer = ComponentTimer(model)
+        with timer.installed():
+            start = time.perf_counter()
+            generate(model, inputs, scale_callback=timer.callback)
+            end = time.perf_counter()
+        runs.append(timer.split(start, end, scale_sizes))
+    phases = {}
+    for label in runs[0]:
+        phases[label] = {
+            key: runs[0][label][key] if key in ("side", "tokens") else statistics.median(run[label][key] for run in runs)
+            for key in runs[0][label]
+        }
+    totals = {name: sum(phase[name] for phase in phases.values()) for name in [*COMPONENTS, "vqvae_decode", "other"]}
+    totals["total_s"] = sum(phase["total_s"] for phase in phases.values())
+    totals["var_blocks_plus_projectors"] = (
+        totals["var_blocks"] + totals["gen_input_projector"] + totals["gen_output_projector"]
+    )
+    return {"repeats": repeats, "phases": phases, "components_total_s": totals}
+
+
+def run(model, processor, quick: bool = False) -> dict:
+    """Latency, throughput and the breakdown on the medium model."""
+    torch.manual_seed(0)
+    return {
+        "settings": {"decoding": "greedy", "guidance_scale": 1.0, "num_images_per_prompt": 1},
+        **latency_and_throughput(model, processor, repeats=3 if quick else 7),
+        "breakdown": breakdown(model, processor, repeats=2 if quick else 5),
+    }

@@ -1,0 +1,137 @@
+"""Smoke test of the benchmark harness (benchmarks/) on the tiny random model: every section's code path runs and
+returns the fields BENCHMARKS.md reports. The medium model and real timings are `make bench`'s job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a top-level folder of the repository, not part of the package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import flops, memory, raster, report, run, t2i, training, understanding  # noqa: E402
+from benchmarks.medium import medium_config  # noqa: E402
+from transformers_vargpt.tiny_models import build_tiny_vargpt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_tiny_vargpt(seed=0)
+
+
+def test_medium_config_matches_the_issue():
+    config = medium_config()
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads) == (
+        512, 1376, 8, 8)
+    assert text.vocab_size == 32064
+    assert (vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers, vision.image_size) == (
+        256, 1024, 6, 224)
+    assert (config.var_depth, config.var_embed_dim, config.vq_ch, config.vq_vocab_size) == (8, 512, 64, 4096)
+    assert config.num_image_gen_tokens == 680 and config.image_gen_size == 256
+    assert medium_config((1, 2, 3, 4)).image_gen_size == 64
+
+
+def test_t2i_latency_and_breakdown(tiny):
+    model, processor = tiny
+    result = t2i.latency_and_throughput(model, processor, batch_sizes=(1, 2), repeats=1)
+    assert set(result["by_batch"]) == {"1", "2"} and result["by_batch"]["2"]["images_per_s"] > 0
+    split = t2i.breakdown(model, processor, repeats=1)
+    phases = split["phases"]
+    assert list(phases) == ["prefill", *[f"scale_{i}" for i in range(len(model.config.patch_nums))], "decode"]
+    assert phases["prefill"]["llm"] > 0 and phases["scale_0"]["var_blocks"] > 0 and phases["decode"]["vqvae_decode"] > 0
+    totals = split["components_total_s"]
+    parts = sum(totals[k] for k in (*t2i.COMPONENTS, "vqvae_decode", "other"))
+    assert parts == pytest.approx(totals["total_s"], rel=1e-6)
+    assert "decode_fhat" not in vars(model.model.vqvae)  # the timing wrapper is gone again
+
+
+def test_raster_baseline_uses_the_same_model(tiny):
+    model, processor = tiny
+    inputs = processor(text=["draw a red circle"], generation_mode="image", return_tensors="pt")
+    out = raster.raster_generate(model, inputs["input_ids"])
+    assert out["image_tokens"].shape == (1, model.config.num_image_gen_tokens)
+    assert out["images"].shape == (1, 3, model.config.image_gen_size, model.config.image_gen_size)
+    # the first scale is a single token with the same inputs: both methods pick the same first code
+    next_scale = t2i.generate(model, inputs)
+    assert out["image_tokens"][0, 0] == next_scale.image_tokens[0, 0]
+    assert raster.generation_parameters(model) > 0
+
+
+def test_llava_holds_the_same_weights(tiny):
+    model, processor = tiny
+    result = understanding.run(model, processor, quick=True)
+    assert result["same_greedy_tokens_as_llava"]
+    assert result["max_abs_prefill_logit_difference"] < 1e-4
+    assert result["ratio_llava_over_vargpt"] > 0
+
+
+def test_flop_count_by_component(tiny):
+    model, processor = tiny
+    inputs = processor(text=["draw a red circle"], generation_mode="image", return_tensors="pt")
+    with torch.no_grad():
+        total, parts = flops.count_flops(lambda: t2i.generate(model, inputs))
+    assert total > 0 and all(parts[k] > 0 for k in ("llm", "var_blocks", "vqvae_decode"))
+    assert sum(parts.values()) == total
+    # the CPU attention kernel is counted
+    q = torch.randn(1, 2, 8, 16)
+    with torch.no_grad():
+        attention, _ = flops.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert attention == 2 * 2 * 8 * 8 * 32
+
+
+def test_training_step_per_stage(tiny):
+    model, processor = tiny
+    for stage in (1, 2, 3):
+        batch = training.stage_batch(processor, stage, 2)
+        assert "pixel_gen_values" in batch and ("pixel_values" in batch) == (stage == 2)
+        trained, optimizer, trainable = training.prepare_stage(model, stage)
+        assert trainable > 0 and trained is not model
+        assert torch.isfinite(torch.tensor(training.train_step(trained, optimizer, batch)))
+    assert not model.training
+
+
+def test_memory_probe_reads_proc():
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs Linux /proc")
+    assert memory._status_mb("VmRSS") > 0
+
+
+def test_bars_summary_and_plots(tmp_path):
+    sections = {
+        "t2i": {"by_batch": {"1": {"median_s": 0.7, "images_per_s": 1 / 0.7, "seconds_per_image": 0.7},
+                             "8": {"median_s": 4.0, "images_per_s": 2.0, "seconds_per_image": 0.5}}},
+        "raster": {"speedup": 4.0, "codes": 680, "generation_parameters": 1e8,
+                   "timings": {"raster_scan": {"median_s": 2.8}, "next_scale_vargpt": {"median_s": 0.7}}},
+    }
+    bars = run.bar_checks(sections)
+    assert bars["t2i_batch1_latency"]["pass"] is True
+    assert bars["raster_speedup"]["pass"] is False
+    assert bars["batch8_throughput_gain"]["pass"] is False  # 1.4x < 2.5x
+    assert bars["understanding_vs_llava"]["pass"] is None  # not measured
+    environment = {"cpu_model": "cpu", "torch_threads": 2, "commit": "0" * 40, "dirty_src": False, "torch": "t",
+                   "transformers": "t", "python": "3", "logical_cpus": 2, "dtype": "float32", "time_utc": "now"}
+    results = {"mode": "full", "wall_s": 60.0, "sections": sections, "bars": bars, "environment": environment}
+    table = run.summary_table(results)
+    assert "FAIL" in table and "PASS" in table
+    markdown = tmp_path / "BENCHMARKS.md"
+    markdown.write_text(f"# B\n{report.START}\nold\n{report.END}\ntail\n")
+    assert report.update_markdown({**results, "sections": {}}, markdown)
+    text = markdown.read_text()
+    assert "old" not in text and "**FAIL**" in text and text.endswith(f"{report.END}\ntail\n")
+    plots = pytest.importorskip("benchmarks.plots", exc_type=ImportError)
+    sections["t2i"]["breakdown"] = {"phases": {"prefill": {"total_s": 0.1, "llm": 0.1}}}
+    written = plots.write_all(results, tmp_path)
+    assert {p.name for p in written} == {"t2i_throughput.png", "t2i_breakdown.png", "raster_vs_next_scale.png"}
+
+
+def test_cli_arguments():
+    args = run.parse_args(["--quick", "--only", "t2i", "flops"])
+    assert args.quick and args.only == ["t2i", "flops"]
+    with pytest.raises(SystemExit):
+        run.parse_args(["--only", "nothing"])
