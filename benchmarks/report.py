@@ -143,8 +143,29 @@ RENDERERS = [("t2i", "Text-to-image latency, throughput and where the time goes"
              ("training", "Training throughput", training, ["training.png"])]
 
 
+def history(path: Path, last: int = 10) -> str:
+    """The last full runs' headline numbers (benchmarks/results/history.jsonl): how much runs drift."""
+    if not path.is_file():
+        return ""
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = [e for e in entries if e.get("mode") == "full"][-last:]
+
+    def fmt(value, pattern):
+        return "-" if value is None else pattern.format(value)
+
+    rows = [[e["time_utc"], e["commit"] + ("*" if e.get("dirty_src") else ""), fmt(e["t2i_batch1_s"], "{:.3f}"),
+             fmt(e["batch8_gain"], "{:.2f}x"), fmt(e["raster_speedup"], "{:.1f}x"),
+             fmt(e["understanding_ratio"], "{:.3f}x"), fmt(e["matmul_peak_gflops_per_s"], "{:.0f}"),
+             fmt(e["max_other_processes_cpu_fraction"], "{:.0%}")] for e in entries]
+    return _table(["run (UTC)", "commit", "t2i batch 1 s", "batch 8 gain", "raster speed-up", "LLaVA ratio",
+                   "peak GFLOP/s", "max CPU of others"], rows)
+
+
 def render(results: dict, image_dir: str = "benchmarks/results") -> str:
     parts = ["### Run", run_info(results), "### Bars", bars(results)]
+    past = history(REPO_ROOT / image_dir / "history.jsonl")
+    if past:
+        parts += ["### Recent full runs (drift between runs; `*`: src/ had uncommitted edits)", past]
     for key, title, renderer, images in RENDERERS:
         if key in results["sections"]:
             parts += [f"### {title}", renderer(results["sections"][key])]

@@ -127,6 +127,25 @@ def summary_table(results: dict) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
+def append_history(results: dict, path: Path) -> dict:
+    """One line per run in `history.jsonl`: the headline numbers, to show drift between runs and commits."""
+    s, env = results["sections"], results["environment"]
+    others = [sec.get("section_environment", {}).get("other_processes_cpu_fraction") or 0 for sec in s.values()]
+    entry = {
+        "time_utc": env["time_utc"], "commit": env["commit"][:12], "dirty_src": env.get("dirty_src"),
+        "mode": results["mode"], "sections": sorted(s),
+        "t2i_batch1_s": _get(s, "t2i", "by_batch", "1", "median_s"),
+        "batch8_gain": results["bars"]["batch8_throughput_gain"]["value"],
+        "raster_speedup": _get(s, "raster", "speedup"),
+        "understanding_ratio": _get(s, "understanding", "ratio_llava_over_vargpt"),
+        "matmul_peak_gflops_per_s": _get(s, "flops", "matmul_peak", "gflops_per_s"),
+        "max_other_processes_cpu_fraction": max(others) if others else None,
+    }
+    with path.open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return entry
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -175,6 +194,7 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - started,
     }
     results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    append_history(results, output_dir / "history.jsonl")
     if not args.no_plots:
         from . import plots  # matplotlib: the `bench` extra
 

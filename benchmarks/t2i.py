@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from .medium import t2i_inputs
-from .timing import measure
+from .timing import measure_interleaved
 
 GREEDY = {"do_sample": False, "guidance_scale": 1.0}
 COMPONENTS = {
@@ -32,18 +32,25 @@ def generate(model, inputs, **kwargs):
 
 
 def latency_and_throughput(model, processor, batch_sizes=(1, 4, 8), repeats: int = 5) -> dict:
-    """Median seconds per `generate_images` call at each batch size; images/s = batch / median."""
+    """Median seconds per `generate_images` call at each batch size; images/s = batch / median.
+
+    The batch sizes are timed in interleaved rounds (1, 4, 8, 8, 4, 1, ...) so that a drift of the machine's speed
+    hits them alike and the throughput ratios stay meaningful.
+    """
+    inputs = {batch: t2i_inputs(processor, batch) for batch in batch_sizes}
+    timed = measure_interleaved(
+        {str(batch): (lambda batch=batch: generate(model, inputs[batch])) for batch in batch_sizes}, repeats=repeats
+    )
     results = {}
     for batch in batch_sizes:
-        inputs = t2i_inputs(processor, batch)
-        stats = measure(lambda: generate(model, inputs), repeats=repeats if batch == 1 else max(2, repeats // 2))
+        stats = timed[str(batch)]
         stats["images_per_s"] = batch / stats["median_s"]
         stats["seconds_per_image"] = stats["median_s"] / batch
         results[str(batch)] = stats
     base = results[str(batch_sizes[0])]["images_per_s"]
     for stats in results.values():
         stats["throughput_vs_batch1"] = stats["images_per_s"] / base
-    return {"prompt_tokens": int(t2i_inputs(processor, 1)["input_ids"].shape[1]), "by_batch": results}
+    return {"prompt_tokens": int(inputs[batch_sizes[0]]["input_ids"].shape[1]), "by_batch": results}
 
 
 class ComponentTimer:
