@@ -71,6 +71,12 @@ def t2i(section: dict) -> str:
                                            (t["llm"], t["var_blocks"], projectors, t["vqvae_decode"], t["other"])])
     split = _table(["phase (batch 1, ms, median)", "total", "LLM", "VAR blocks", "gen projectors", "VQVAE decode",
                     "other"], split_rows)
+    faults = section["breakdown"].get("minor_page_faults")
+    if faults:
+        parts = ", ".join(f"{name} {count:,}" for name, count in faults.items() if name != "whole_generation")
+        split += (f"\n\nMinor page faults per batch-1 generation (memory mapped in afresh and zeroed instead of "
+                  f"reused; 4 KiB each): {faults['whole_generation']:,} "
+                  f"(≈{faults['whole_generation'] * 4 / 1024:.0f} MiB); {parts}.")
     return f"{table}\n\n{split}"
 
 

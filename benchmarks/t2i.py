@@ -9,6 +9,7 @@ greedy selection, f̂ update, next-scale inputs).
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from contextlib import contextmanager
@@ -53,6 +54,10 @@ def latency_and_throughput(model, processor, batch_sizes=(1, 4, 8), repeats: int
     return {"prompt_tokens": int(inputs[batch_sizes[0]]["input_ids"].shape[1]), "by_batch": results}
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class ComponentTimer:
     """Records (component, start, end) for every call of the instrumented modules during one generation."""
 
@@ -60,7 +65,9 @@ class ComponentTimer:
         self.model = model
         self.events: list[tuple[str, float, float]] = []
         self.scale_ends: list[float] = []
+        self.page_faults: dict[str, int] = {}  # minor page faults (fresh memory mapped in) per component
         self._open: dict[str, float] = {}
+        self._faults_open: dict[str, int] = {}
 
     @contextmanager
     def installed(self):
@@ -74,9 +81,10 @@ class ComponentTimer:
         original = vqvae.decode_fhat
 
         def timed_decode(*args, **kwargs):
-            start = time.perf_counter()
+            faults, start = _minor_faults(), time.perf_counter()
             out = original(*args, **kwargs)
             self.events.append(("vqvae_decode", start, time.perf_counter()))
+            self._count_faults("vqvae_decode", faults)
             return out
 
         vqvae.decode_fhat = timed_decode  # instance attribute: the class is untouched
@@ -87,14 +95,19 @@ class ComponentTimer:
             for handle in handles:
                 handle.remove()
 
+    def _count_faults(self, name: str, before: int) -> None:
+        self.page_faults[name] = self.page_faults.get(name, 0) + _minor_faults() - before
+
     def _pre(self, name):
         def hook(module, args):
+            self._faults_open[name] = _minor_faults()
             self._open[name] = time.perf_counter()
         return hook
 
     def _post(self, name):
         def hook(module, args, output):
             self.events.append((name, self._open.pop(name), time.perf_counter()))
+            self._count_faults(name, self._faults_open.pop(name))
         return hook
 
     def callback(self, scale_index: int, state: dict) -> None:
@@ -129,14 +142,15 @@ def breakdown(model, processor, repeats: int = 3) -> dict:
     inputs = t2i_inputs(processor, 1)
     scale_sizes = list(model.config.patch_nums)
     generate(model, inputs)  # warm-up
-    runs = []
+    runs, faults = [], []
     for _ in range(repeats):
         timer = ComponentTimer(model)
         with timer.installed():
-            start = time.perf_counter()
+            start, faults_before = time.perf_counter(), _minor_faults()
             generate(model, inputs, scale_callback=timer.callback)
-            end = time.perf_counter()
+            end, faults_after = time.perf_counter(), _minor_faults()
         runs.append(timer.split(start, end, scale_sizes))
+        faults.append({**timer.page_faults, "whole_generation": faults_after - faults_before})
     phases = {}
     for label in runs[0]:
         phases[label] = {
@@ -148,7 +162,9 @@ def breakdown(model, processor, repeats: int = 3) -> dict:
     totals["var_blocks_plus_projectors"] = (
         totals["var_blocks"] + totals["gen_input_projector"] + totals["gen_output_projector"]
     )
-    return {"repeats": repeats, "phases": phases, "components_total_s": totals}
+    # minor page faults: memory the allocator maps in afresh (and zeroes) during the call instead of reusing it
+    minor_faults = {name: int(statistics.median(run.get(name, 0) for run in faults)) for name in faults[0]}
+    return {"repeats": repeats, "phases": phases, "components_total_s": totals, "minor_page_faults": minor_faults}
 
 
 def run(model, processor, quick: bool = False) -> dict:

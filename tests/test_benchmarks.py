@@ -49,6 +49,7 @@ def test_t2i_latency_and_breakdown(tiny):
     parts = sum(totals[k] for k in (*t2i.COMPONENTS, "vqvae_decode", "other"))
     assert parts == pytest.approx(totals["total_s"], rel=1e-6)
     assert "decode_fhat" not in vars(model.model.vqvae)  # the timing wrapper is gone again
+    assert split["minor_page_faults"]["whole_generation"] >= split["minor_page_faults"].get("vqvae_decode", 0) >= 0
 
 
 def test_raster_baseline_uses_the_same_model(tiny):
