@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from . import flops, memory, raster, scales, t2i, training, understanding
+from . import flops, memory, raster, released, scales, t2i, training, understanding
 from .medium import GENERATION_SIZES, NUM_THREADS, TEXT_CONFIG, VISION_CONFIG, build_medium, count_parameters, setup_torch
 from .timing import REPO_ROOT, CpuMonitor, environment, machine_busy, wait_until_quiet
 
@@ -23,6 +23,7 @@ logger = logging.getLogger("benchmarks")
 
 SECTIONS = {
     "t2i": t2i.run,
+    "released": released.run,
     "raster": raster.run,
     "understanding": understanding.run,
     "flops": flops.run,
@@ -70,6 +71,8 @@ def bar_checks(sections: dict) -> dict:
     return {
         "t2i_batch1_latency": _bar(_get(sections, "t2i", "by_batch", "1", "median_s"), 0.8, False, "s",
                                    "text-to-image latency, batch 1 (1.2x faster than the released 0.97 s)"),
+        "t2i_vs_released_style": _bar(_get(sections, "released", "speedup"), 1.2, True, "x",
+                                      "text-to-image batch 1 vs the released loop's work on the same model, same run"),
         "raster_speedup": _bar(_get(sections, "raster", "speedup"), 5.0, True, "x",
                                "next-scale VARGPT vs raster-scan AR of the same parameters"),
         "understanding_vs_llava": _bar(_get(sections, "understanding", "ratio_llava_over_vargpt"), 0.95, True, "x",
@@ -94,6 +97,10 @@ def summary_table(results: dict) -> str:
     if "t2i" in s:
         for batch, stats in s["t2i"]["by_batch"].items():
             rows.append((f"t2i batch {batch}", f"{stats['median_s']:.3f} s/call, {stats['images_per_s']:.2f} images/s"))
+    if "released" in s:
+        timings = s["released"]["timings"]
+        rows.append(("released-style loop (same model)", f"{timings['released_style']['median_s']:.3f} s vs "
+                     f"{timings['vargpt']['median_s']:.3f} s: {s['released']['speedup']:.2f}x"))
     if "raster" in s:
         timings = s["raster"]["timings"]
         rows.append(("raster-scan AR (same params)", f"{timings['raster_scan']['median_s']:.2f} s vs "

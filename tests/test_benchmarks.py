@@ -136,3 +136,16 @@ def test_cli_arguments():
     assert args.quick and args.only == ["t2i", "flops"]
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "nothing"])
+
+
+def test_released_style_baseline_does_the_released_work_on_the_same_model():
+    """The same-run baseline re-enacts the released loop: same weights and shapes, more work per image."""
+    from benchmarks.released import released_style_generate
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, processor = build_tiny_vargpt(seed=0)
+    inputs = processor(text="draw a red circle", generation_mode="image", return_tensors="pt")
+    image = released_style_generate(model, inputs["input_ids"])
+    ours = model.generate_images(**inputs, do_sample=False).images
+    assert image.shape == ours.shape
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0

@@ -1,0 +1,86 @@
+"""The released implementation's text-to-image loop, re-enacted on our modules, as a same-run baseline.
+
+The released code cannot run here (it pins transformers 4.46 and writes `output.png`), and none of it is copied.
+What this module reproduces is the *work* its inference loop does per image, so that "how much faster than the
+released implementation" is a ratio measured in one run on one machine rather than against a number taken
+elsewhere. Per scale the released loop (VARGPT.md, "Known faults"):
+
+- runs the LLM through its causal-LM head: logits over the whole vocabulary for every new image token;
+- asks for all hidden states (`output_hidden_states=True`);
+- always runs the VAR blocks on a doubled batch, the second half being Gaussian noise (its guidance branch), and
+  mixes the two halves with VAR's ramp (cfg 1.5);
+- recomputes every block's AdaLN projection of the (constant) condition;
+- decodes f̂ with the VQVAE in the default (channels-first) memory layout.
+
+Same weights, same prompt, greedy codes: only the amount of work differs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from transformers_vargpt.modeling_vargpt import CACHE_ARG
+from transformers_vargpt.modeling_vargpt_var import ScaleKVCache
+
+RELEASED_CFG = 1.5
+
+
+@torch.no_grad()
+def released_style_generate(model, input_ids: torch.LongTensor) -> torch.Tensor:
+    """One image per prompt row (B×T ending with `<|image_gen_start|>`) → images in [0, 1], doing the released work."""
+    body, config = model.model, model.config
+    decoder, quantizer, vqvae = body.scale_decoder, body.vqvae.quantizer, body.vqvae
+    batch = input_ids.shape[0]
+    llm_cache = DynamicCache(config=config.text_config)
+
+    def llm(embeds: torch.Tensor) -> torch.Tensor:
+        outputs = body.language_model(inputs_embeds=embeds, use_cache=True, output_hidden_states=True,
+                                      **{CACHE_ARG: llm_cache})
+        model.lm_head(outputs.last_hidden_state)  # the released loop computes (and drops) these logits
+        return outputs.last_hidden_state
+
+    llm(model.get_input_embeddings()(input_ids))
+    rows = torch.full((2 * batch,), decoder.unconditional_class, device=input_ids.device)
+    rows[:batch] = config.image_gen_start_token_id
+    condition = decoder.class_embed(rows)
+    tokens = decoder.first_scale_input(condition)[:batch]
+    f_hat = condition.new_zeros(batch, config.vq_z_channels, quantizer.final_size, quantizer.final_size)
+    var_cache = ScaleKVCache(len(decoder.blocks))
+    num_scales = len(decoder.scale_sizes)
+    for si, side in enumerate(decoder.scale_sizes):
+        hidden = llm(body.gen_input_projector(tokens))
+        hidden = torch.cat([hidden, torch.randn_like(hidden)])  # the released guidance branch: noise
+        var_cache.modulations.clear()  # AdaLN projections recomputed at every scale
+        logits = decoder(body.gen_output_projector(hidden), condition, cache=var_cache)
+        ramp = RELEASED_CFG * si / (num_scales - 1)
+        logits = (1 + ramp) * logits[:batch] - ramp * logits[batch:]
+        codes = logits.argmax(dim=-1)
+        f_hat = f_hat + quantizer.scale_contribution(si, quantizer.lookup(codes, side))
+        if si + 1 < num_scales:
+            next_side = decoder.scale_sizes[si + 1]
+            token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
+            tokens = decoder.scale_input(si + 1, token_map)
+    image = vqvae.decoder(vqvae.post_quant_conv(f_hat)).clamp(-1, 1)  # channels-first, as released
+    return image.add(1).mul(0.5)
+
+
+def run(model, processor, quick: bool = False) -> dict:
+    """Ours vs the released-style loop at batch 1, interleaved, greedy, same prompt and weights."""
+    from .medium import t2i_inputs
+    from .timing import measure_interleaved
+
+    inputs = t2i_inputs(processor, 1)
+    timings = measure_interleaved(
+        {
+            "vargpt": lambda: model.generate_images(**inputs, do_sample=False, guidance_scale=1.0),
+            "released_style": lambda: released_style_generate(model, inputs["input_ids"]),
+        },
+        repeats=3 if quick else 7,
+    )
+    return {
+        "what": "the released inference loop's work re-enacted on the same modules (see benchmarks/released.py)",
+        "timings": timings,
+        "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
+    }
