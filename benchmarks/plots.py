@@ -63,6 +63,17 @@ def raster(section: dict, out: Path) -> Path:
     return _save(fig, out / "raster_vs_next_scale.png")
 
 
+def released(section: dict, out: Path) -> Path:
+    t = section["timings"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    values = [t["vargpt"]["median_s"], t["released_style"]["median_s"]]
+    ax.bar(["VARGPT generate_images", "released-style loop"], values, color=["#4c72b0", "#937860"])
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3f} s", ha="center", va="bottom")
+    ax.set(ylabel="seconds per image (batch 1)", title=f"same model, same run: {section['speedup']:.2f}x")
+    return _save(fig, out / "released_vs_ours.png")
+
+
 def understanding(section: dict, out: Path) -> Path:
     t = section["timings"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -139,7 +150,7 @@ def training(section: dict, out: Path) -> Path:
     return _save(fig, out / "training.png")
 
 
-PLOTTERS = {"t2i": [t2i_throughput, t2i_breakdown], "raster": [raster], "understanding": [understanding],
+PLOTTERS = {"t2i": [t2i_throughput, t2i_breakdown], "released": [released], "raster": [raster], "understanding": [understanding],
             "flops": [roofline], "memory": [memory], "scales": [scales], "training": [training]}
 
 

@@ -142,6 +142,7 @@ def append_history(results: dict, path: Path) -> dict:
         "time_utc": env["time_utc"], "commit": env["commit"][:12], "dirty_src": env.get("dirty_src"),
         "mode": results["mode"], "sections": sorted(s),
         "t2i_batch1_s": _get(s, "t2i", "by_batch", "1", "median_s"),
+        "released_speedup": _get(s, "released", "speedup"),
         "batch8_gain": results["bars"]["batch8_throughput_gain"]["value"],
         "raster_speedup": _get(s, "raster", "speedup"),
         "understanding_ratio": _get(s, "understanding", "ratio_llava_over_vargpt"),

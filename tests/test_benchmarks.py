@@ -109,6 +109,8 @@ def test_bars_summary_and_plots(tmp_path):
                              "8": {"median_s": 4.0, "images_per_s": 2.0, "seconds_per_image": 0.5}}},
         "raster": {"speedup": 4.0, "codes": 680, "generation_parameters": 1e8,
                    "timings": {"raster_scan": {"median_s": 2.8}, "next_scale_vargpt": {"median_s": 0.7}}},
+        "released": {"speedup": 1.5, "timings": {name: {"median_s": t, "min_s": t, "max_s": t, "repeats": 1}
+                                                 for name, t in (("vargpt", 0.7), ("released_style", 1.05))}},
     }
     bars = run.bar_checks(sections)
     assert bars["t2i_batch1_latency"]["pass"] is True
@@ -128,7 +130,9 @@ def test_bars_summary_and_plots(tmp_path):
     plots = pytest.importorskip("benchmarks.plots", exc_type=ImportError)
     sections["t2i"]["breakdown"] = {"phases": {"prefill": {"total_s": 0.1, "llm": 0.1}}}
     written = plots.write_all(results, tmp_path)
-    assert {p.name for p in written} == {"t2i_throughput.png", "t2i_breakdown.png", "raster_vs_next_scale.png"}
+    assert {p.name for p in written} == {"t2i_throughput.png", "t2i_breakdown.png", "raster_vs_next_scale.png",
+                                         "released_vs_ours.png"}
+    assert "1.50x" in report.released(sections["released"])
 
 
 def test_cli_arguments():
