@@ -32,10 +32,14 @@ def run_info(results: dict) -> str:
     for name, section in results["sections"].items():
         others = section.get("section_environment", {}).get("other_processes_cpu_fraction")
         contention.append(f"{name} {'?' if others is None else f'{100 * others:.0f}%'}")
+    times = sorted(sec["section_environment"]["time_utc"] for sec in results["sections"].values()
+                   if "section_environment" in sec)
+    commits = sorted({sec["section_environment"]["commit"][:12] for sec in results["sections"].values()
+                      if "section_environment" in sec})
     return _table(["", ""], [
-        ["mode", f"{results['mode']} (wall {results['wall_s'] / 60:.1f} min)"],
-        ["date (UTC)", env["time_utc"]],
-        ["git commit", commit],
+        ["mode", f"{results['mode']} (wall of the last invocation {results['wall_s'] / 60:.1f} min)"],
+        ["sections finished (UTC)", f"{times[0]} … {times[-1]}" if len(times) > 1 else env["time_utc"]],
+        ["git commit", commit + (f" (sections measured at {', '.join(commits)})" if len(commits) > 1 else "")],
         ["torch / transformers / python", f"{env['torch']} / {env['transformers']} / {env['python']}"],
         ["CPU", f"{env['cpu_model']}, {env['logical_cpus']} logical CPUs, torch threads {env['torch_threads']}"],
         ["dtype", env["dtype"]],
@@ -164,7 +168,8 @@ def history(path: Path, last: int = 10) -> str:
     if not path.is_file():
         return ""
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    entries = [e for e in entries if e.get("mode") == "full"][-last:]
+    # full runs that measured text-to-image themselves (a `--only` run repeats the numbers it merged in)
+    entries = [e for e in entries if e.get("mode") == "full" and "t2i" in e.get("measured", e["sections"])][-last:]
 
     def fmt(value, pattern):
         return "-" if value is None else pattern.format(value)

@@ -134,13 +134,14 @@ def summary_table(results: dict) -> str:
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
 
 
-def append_history(results: dict, path: Path) -> dict:
-    """One line per run in `history.jsonl`: the headline numbers, to show drift between runs and commits."""
+def append_history(results: dict, path: Path, measured: list[str]) -> dict:
+    """One line per run in `history.jsonl`: the headline numbers, to show drift between runs and commits.
+    `measured`: the sections this invocation ran (with `--only`, the others are earlier runs' numbers)."""
     s, env = results["sections"], results["environment"]
     others = [sec.get("section_environment", {}).get("other_processes_cpu_fraction") or 0 for sec in s.values()]
     entry = {
         "time_utc": env["time_utc"], "commit": env["commit"][:12], "dirty_src": env.get("dirty_src"),
-        "mode": results["mode"], "sections": sorted(s),
+        "mode": results["mode"], "sections": sorted(s), "measured": sorted(measured),
         "t2i_batch1_s": _get(s, "t2i", "by_batch", "1", "median_s"),
         "released_speedup": _get(s, "released", "speedup"),
         "batch8_gain": results["bars"]["batch8_throughput_gain"]["value"],
@@ -202,7 +203,7 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - started,
     }
     results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    append_history(results, output_dir / "history.jsonl")
+    append_history(results, output_dir / "history.jsonl", names)
     if not args.no_plots:
         from . import plots  # matplotlib: the `bench` extra
 
