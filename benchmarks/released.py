@@ -10,7 +10,9 @@ elsewhere. Per scale the released loop (VARGPT.md, "Known faults"):
 - always runs the VAR blocks on a doubled batch, the second half being Gaussian noise (its guidance branch), and
   mixes the two halves with VAR's ramp (cfg 1.5);
 - recomputes every block's AdaLN projection of the (constant) condition;
-- decodes f̂ with the VQVAE in the default (channels-first) memory layout.
+- decodes f̂ with the VQVAE in the default (channels-first) memory layout, the whole batch at once, upsampling by
+  nearest-neighbour interpolation before each 3×3 conv, with a fresh tensor for every activation
+  (`released_decode`, over our decoder's modules and weights).
 
 Same weights, same prompt, greedy codes: only the amount of work differs.
 """
@@ -62,8 +64,29 @@ def released_style_generate(model, input_ids: torch.LongTensor) -> torch.Tensor:
             next_side = decoder.scale_sizes[si + 1]
             token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
             tokens = decoder.scale_input(si + 1, token_map)
-    image = vqvae.decoder(vqvae.post_quant_conv(f_hat)).clamp(-1, 1)  # channels-first, as released
-    return image.add(1).mul(0.5)
+    return released_decode(vqvae, f_hat).add(1).mul(0.5)
+
+
+def _released_resnet_block(block, x: torch.Tensor) -> torch.Tensor:
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.conv2(F.silu(block.norm2(h)))
+    return block.nin_shortcut(x) + h
+
+
+@torch.no_grad()
+def released_decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
+    """f̂ (B×Cvae×S×S) → image in [-1, 1], doing the released decoder's work with our decoder's weights."""
+    decoder = vqvae.decoder
+    h = decoder.conv_in(vqvae.post_quant_conv(f_hat))
+    h = _released_resnet_block(decoder.mid.block_2, decoder.mid.attn_1(_released_resnet_block(decoder.mid.block_1, h)))
+    for stage in reversed(decoder.up):
+        for i, block in enumerate(stage.block):
+            h = _released_resnet_block(block, h)
+            if len(stage.attn):
+                h = stage.attn[i](h)
+        if stage.resample_name:
+            h = getattr(stage, stage.resample_name).conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    return decoder.conv_out(F.silu(decoder.norm_out(h))).clamp(-1, 1)
 
 
 def run(model, processor, quick: bool = False) -> dict:

@@ -153,3 +153,17 @@ def test_released_style_baseline_does_the_released_work_on_the_same_model():
     ours = model.generate_images(**inputs, do_sample=False).images
     assert image.shape == ours.shape
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_released_decode_gives_our_decoders_image():
+    """The baseline decoder re-enactment (nearest upsampling, fresh activations, whole batch) and our decoder are
+    the same function of f̂."""
+    from benchmarks.released import released_decode
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, _ = build_tiny_vargpt(seed=0)
+    vqvae = model.model.vqvae
+    size = vqvae.quantizer.final_size
+    f_hat = torch.randn(2, vqvae.config.z_channels, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(released_decode(vqvae, f_hat), vqvae.decode_fhat(f_hat), atol=1e-4, rtol=0)

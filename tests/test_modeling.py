@@ -500,3 +500,59 @@ def test_text_loss_from_target_positions_only_equals_the_full_loss(tiny_model):
     torch.testing.assert_close(grads[0], grads[1])
     with pytest.raises(ValueError, match="logits_to_keep"):
         model(input_ids=input_ids, labels=labels, image_gen_tokens=tokens, logits_to_keep=2)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_upsample_phases_equal_nearest_upsampling_then_conv(memory_format):
+    """The decoder's ×2 upsampling runs as four 2×2 phase convs on the small map; values and gradients must be those
+    of the released nearest-upsample + 3×3 conv."""
+    import torch.nn.functional as F
+
+    from transformers_vargpt.modeling_vargpt_vqvae import VQUpsample
+
+    torch.manual_seed(0)
+    upsample = VQUpsample(16)
+    x = torch.randn(2, 16, 5, 7).contiguous(memory_format=memory_format).requires_grad_()
+    reference_input = x.detach().clone().requires_grad_()
+    out = upsample(x)
+    reference = upsample.conv(F.interpolate(reference_input, scale_factor=2.0, mode="nearest"))
+    assert out.shape == (2, 16, 10, 14) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(reference)
+    (out * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference_input.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_in_place_inference_matches_autograd_path(tiny_model):
+    """Under no_grad the decoder updates activations in place; with autograd on it must give the same image and
+    still backpropagate (nothing it needs for the backward pass was overwritten)."""
+    vqvae = tiny_model(seed=5).model.vqvae
+    size = vqvae.quantizer.final_size
+    f_hat = torch.randn(3, vqvae.config.z_channels, size, size)
+    with torch.no_grad():
+        fast = vqvae.decode_fhat(f_hat)
+    f_hat.requires_grad_()
+    tracked = vqvae.decode_fhat(f_hat)
+    torch.testing.assert_close(fast, tracked.detach(), atol=1e-4, rtol=0)
+    tracked.sum().backward()
+    assert f_hat.grad is not None and torch.isfinite(f_hat.grad).all()
+
+
+def test_decode_fhat_images_per_call(tiny_model):
+    """Decoding a batch in slices (the CPU default is one image per call) gives the whole-batch result (up to the
+    float reordering noise of a random decoder whose raw outputs span ±25)."""
+    vqvae = tiny_model(seed=6).model.vqvae
+    size = vqvae.quantizer.final_size
+    f_hat = torch.randn(5, vqvae.config.z_channels, size, size)
+    with torch.no_grad():
+        whole = vqvae.decode_fhat(f_hat, images_per_call=5)
+        for images_per_call in (None, 1, 2, 8):
+            torch.testing.assert_close(
+                vqvae.decode_fhat(f_hat, images_per_call=images_per_call), whole, atol=1e-4, rtol=0
+            )
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="images_per_call"):
+            vqvae.decode_fhat(f_hat, images_per_call=bad)
+    with pytest.raises(ValueError, match="f_hat must be"):
+        vqvae.decode_fhat(f_hat[0])
