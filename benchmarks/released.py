@@ -106,4 +106,29 @@ def run(model, processor, quick: bool = False) -> dict:
         "what": "the released inference loop's work re-enacted on the same modules (see benchmarks/released.py)",
         "timings": timings,
         "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
+        "decode": decode_before_after(model, batch_sizes=(1, 8), repeats=3 if quick else 5),
     }
+
+
+def decode_before_after(model, batch_sizes=(1, 8), repeats: int = 5) -> dict:
+    """The VQVAE decode alone, released work (`released_decode`) vs ours (`decode_fhat`), on the same random f̂:
+    seconds per image at each batch size, interleaved."""
+    from .timing import measure_interleaved
+
+    vqvae = model.model.vqvae
+    size = vqvae.quantizer.final_size
+    generator = torch.Generator().manual_seed(0)
+    results = {}
+    for batch in batch_sizes:
+        f_hat = torch.randn(batch, vqvae.config.z_channels, size, size, generator=generator)
+        with torch.no_grad():
+            timings = measure_interleaved(
+                {"vargpt": lambda: vqvae.decode_fhat(f_hat), "released_style": lambda: released_decode(vqvae, f_hat)},
+                repeats=repeats,
+            )
+        results[str(batch)] = {
+            "seconds_per_image": {name: stats["median_s"] / batch for name, stats in timings.items()},
+            "timings": timings,
+            "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
+        }
+    return results

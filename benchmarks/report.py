@@ -89,7 +89,20 @@ def released(section: dict) -> str:
     return _table(["method", "s / image (median)", "min", "max", "repeats"], [
         [name, f"{t[key]['median_s']:.3f}", f"{t[key]['min_s']:.3f}", f"{t[key]['max_s']:.3f}", t[key]["repeats"]]
         for name, key in (("VARGPT `generate_images`", "vargpt"), ("released-style loop, same model", "released_style"))
-    ]) + f"\n\nSpeed-up over the released loop's work, same run: **{section['speedup']:.2f}x**."
+    ]) + f"\n\nSpeed-up over the released loop's work, same run: **{section['speedup']:.2f}x**." + _decode_rows(section)
+
+
+def _decode_rows(section: dict) -> str:
+    decode = section.get("decode")
+    if not decode:
+        return ""
+    table = _table(["VQVAE decode, batch", "released work s / image", "ours s / image", "speed-up"], [
+        [batch, f"{d['seconds_per_image']['released_style']:.3f}", f"{d['seconds_per_image']['vargpt']:.3f}",
+         f"{d['speedup']:.2f}x"]
+        for batch, d in decode.items()
+    ])
+    return ("\n\nThe decode alone, same f̂ (released: channels-first, whole batch, nearest upsampling + 3×3 conv; "
+            "ours: channels-last, one image per call, 2×2 phase convs, in-place activations):\n\n" + table)
 
 
 def raster(section: dict) -> str:

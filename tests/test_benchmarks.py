@@ -167,3 +167,17 @@ def test_released_decode_gives_our_decoders_image():
     f_hat = torch.randn(2, vqvae.config.z_channels, size, size)
     with torch.no_grad():
         torch.testing.assert_close(released_decode(vqvae, f_hat), vqvae.decode_fhat(f_hat), atol=1e-4, rtol=0)
+
+
+def test_decode_before_after_is_measured_and_reported():
+    from benchmarks.released import decode_before_after
+
+    model, _ = build_tiny_vargpt(seed=0)
+    decode = decode_before_after(model, batch_sizes=(1, 2), repeats=1)
+    assert set(decode) == {"1", "2"}
+    for entry in decode.values():
+        assert entry["speedup"] > 0 and set(entry["seconds_per_image"]) == {"vargpt", "released_style"}
+    section = {"speedup": 1.5, "decode": decode, "timings": {
+        name: {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "repeats": 1} for name in ("vargpt", "released_style")}}
+    text = report.released(section)
+    assert "VQVAE decode, batch" in text and f"{decode['2']['speedup']:.2f}x" in text
