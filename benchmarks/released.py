@@ -29,42 +29,84 @@ from transformers_vargpt.modeling_vargpt_var import ScaleKVCache
 RELEASED_CFG = 1.5
 
 
+# The released loop's wasted work, item by item: each can be switched off to measure what it costs (`waste_ablation`).
+WASTE = {
+    "lm_head_logits": "LM-head logits over the vocabulary for every image token",
+    "noise_branch": "VAR blocks on a batch doubled with a noise guidance branch",
+    "adaln_every_scale": "AdaLN projections of the constant condition recomputed at every scale",
+    "released_decoder": "released VQVAE decode (channels-first, nearest upsampling + 3x3 conv, fresh activations)",
+}
+
+
 @torch.no_grad()
-def released_style_generate(model, input_ids: torch.LongTensor) -> torch.Tensor:
-    """One image per prompt row (B×T ending with `<|image_gen_start|>`) → images in [0, 1], doing the released work."""
+def released_style_generate(
+    model,
+    input_ids: torch.LongTensor,
+    *,
+    lm_head_logits: bool = True,
+    noise_branch: bool = True,
+    adaln_every_scale: bool = True,
+    released_decoder: bool = True,
+) -> torch.Tensor:
+    """One image per prompt row (B×T ending with `<|image_gen_start|>`) → images in [0, 1], doing the released work.
+
+    Each keyword switches one item of `WASTE` off (for the ablation); all on is the released loop.
+    """
     body, config = model.model, model.config
     decoder, quantizer, vqvae = body.scale_decoder, body.vqvae.quantizer, body.vqvae
     batch = input_ids.shape[0]
     llm_cache = DynamicCache(config=config.text_config)
 
     def llm(embeds: torch.Tensor) -> torch.Tensor:
-        outputs = body.language_model(inputs_embeds=embeds, use_cache=True, output_hidden_states=True,
+        outputs = body.language_model(inputs_embeds=embeds, use_cache=True, output_hidden_states=lm_head_logits,
                                       **{CACHE_ARG: llm_cache})
-        model.lm_head(outputs.last_hidden_state)  # the released loop computes (and drops) these logits
+        if lm_head_logits:
+            model.lm_head(outputs.last_hidden_state)  # the released loop computes (and drops) these logits
         return outputs.last_hidden_state
 
     llm(model.get_input_embeddings()(input_ids))
     rows = torch.full((2 * batch,), decoder.unconditional_class, device=input_ids.device)
     rows[:batch] = config.image_gen_start_token_id
-    condition = decoder.class_embed(rows)
+    condition = decoder.class_embed(rows if noise_branch else rows[:batch])
     tokens = decoder.first_scale_input(condition)[:batch]
     f_hat = condition.new_zeros(batch, config.vq_z_channels, quantizer.final_size, quantizer.final_size)
     var_cache = ScaleKVCache(len(decoder.blocks))
     num_scales = len(decoder.scale_sizes)
     for si, side in enumerate(decoder.scale_sizes):
         hidden = llm(body.gen_input_projector(tokens))
-        hidden = torch.cat([hidden, torch.randn_like(hidden)])  # the released guidance branch: noise
-        var_cache.modulations.clear()  # AdaLN projections recomputed at every scale
+        if noise_branch:
+            hidden = torch.cat([hidden, torch.randn_like(hidden)])  # the released guidance branch: noise
+        if adaln_every_scale:
+            var_cache.modulations.clear()  # AdaLN projections recomputed at every scale
         logits = decoder(body.gen_output_projector(hidden), condition, cache=var_cache)
-        ramp = RELEASED_CFG * si / (num_scales - 1)
-        logits = (1 + ramp) * logits[:batch] - ramp * logits[batch:]
+        if noise_branch:
+            ramp = RELEASED_CFG * si / (num_scales - 1)
+            logits = (1 + ramp) * logits[:batch] - ramp * logits[batch:]
         codes = logits.argmax(dim=-1)
         f_hat = f_hat + quantizer.scale_contribution(si, quantizer.lookup(codes, side))
         if si + 1 < num_scales:
             next_side = decoder.scale_sizes[si + 1]
             token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
             tokens = decoder.scale_input(si + 1, token_map)
-    return released_decode(vqvae, f_hat).add(1).mul(0.5)
+    image = released_decode(vqvae, f_hat) if released_decoder else vqvae.decode_fhat(f_hat)
+    return image.add(1).mul(0.5)
+
+
+def waste_ablation(model, input_ids: torch.LongTensor, repeats: int = 5) -> dict:
+    """The released loop with all its waste, and with each item of `WASTE` switched off in turn, interleaved:
+    seconds each item costs per batch-1 image (released median - median without it)."""
+    from .timing import measure_interleaved
+
+    variants = {"released_style": lambda: released_style_generate(model, input_ids)}
+    for item in WASTE:
+        variants[f"without_{item}"] = lambda item=item: released_style_generate(model, input_ids, **{item: False})
+    timings = measure_interleaved(variants, repeats=repeats)
+    released = timings["released_style"]["median_s"]
+    return {
+        "timings": timings,
+        "cost_s": {item: released - timings[f"without_{item}"]["median_s"] for item in WASTE},
+        "what": dict(WASTE),
+    }
 
 
 def _released_resnet_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +149,7 @@ def run(model, processor, quick: bool = False) -> dict:
         "timings": timings,
         "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
         "decode": decode_before_after(model, batch_sizes=(1, 8), repeats=3 if quick else 5),
+        "waste": waste_ablation(model, inputs["input_ids"], repeats=3 if quick else 5),
     }
 
 

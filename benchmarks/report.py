@@ -86,10 +86,24 @@ def t2i(section: dict) -> str:
 
 def released(section: dict) -> str:
     t = section["timings"]
-    return _table(["method", "s / image (median)", "min", "max", "repeats"], [
+    table = _table(["method", "s / image (median)", "min", "max", "repeats"], [
         [name, f"{t[key]['median_s']:.3f}", f"{t[key]['min_s']:.3f}", f"{t[key]['max_s']:.3f}", t[key]["repeats"]]
         for name, key in (("VARGPT `generate_images`", "vargpt"), ("released-style loop, same model", "released_style"))
-    ]) + f"\n\nSpeed-up over the released loop's work, same run: **{section['speedup']:.2f}x**." + _decode_rows(section)
+    ])
+    speedup = f"\n\nSpeed-up over the released loop's work, same run: **{section['speedup']:.2f}x**."
+    return table + speedup + _waste_rows(section) + _decode_rows(section)
+
+
+def _waste_rows(section: dict) -> str:
+    waste = section.get("waste")
+    if not waste:
+        return ""
+    released = waste["timings"]["released_style"]["median_s"]
+    table = _table(["wasted work in the released loop (switched off alone)", "s / image it costs", "share"], [
+        [waste["what"][item], f"{cost:.3f}", f"{cost / released:.0%}"] for item, cost in waste["cost_s"].items()
+    ])
+    return ("\n\nWhat each item of waste costs, same run (released-style loop, then the same loop without that one "
+            f"item; released-style median {released:.3f} s):\n\n" + table)
 
 
 def _decode_rows(section: dict) -> str:
