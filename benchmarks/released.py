@@ -29,7 +29,8 @@ from transformers_vargpt.modeling_vargpt_var import ScaleKVCache
 RELEASED_CFG = 1.5
 
 
-# The released loop's wasted work, item by item: each can be switched off to measure what it costs (`waste_ablation`).
+# The released loop's wasted work, item by item: each can be switched off in `released_style_generate` (all off,
+# with our decoder, it is our greedy generation), and `waste_costs` times each alone.
 WASTE = {
     "lm_head_logits": "LM-head logits over the vocabulary for every image token",
     "noise_branch": "VAR blocks on a batch doubled with a noise guidance branch",
@@ -92,21 +93,65 @@ def released_style_generate(
     return image.add(1).mul(0.5)
 
 
-def waste_ablation(model, input_ids: torch.LongTensor, repeats: int = 5) -> dict:
-    """The released loop with all its waste, and with each item of `WASTE` switched off in turn, interleaved:
-    seconds each item costs per batch-1 image (released median - median without it)."""
-    from .timing import measure_interleaved
+@torch.no_grad()
+def waste_costs(model, repeats: int = 15) -> dict:
+    """Seconds per batch-1 image that each item of `WASTE` adds, each timed alone on the generation's real shapes.
 
-    variants = {"released_style": lambda: released_style_generate(model, input_ids)}
-    for item in WASTE:
-        variants[f"without_{item}"] = lambda item=item: released_style_generate(model, input_ids, **{item: False})
-    timings = measure_interleaved(variants, repeats=repeats)
-    released = timings["released_style"]["median_s"]
-    return {
-        "timings": timings,
-        "cost_s": {item: released - timings[f"without_{item}"]["median_s"] for item in WASTE},
-        "what": dict(WASTE),
+    Whole-loop ablations (the loop with one item switched off) cannot resolve 0.05–0.3 s effects on a machine whose
+    speed drifts by ±25 % within a 1.5 s call, so each item's extra work is timed by itself, many times, interleaved
+    with the work it is compared against:
+    - LM-head logits: the LM head over every scale's new hidden states (ours computes none);
+    - noise branch: all scales of the VAR blocks at batch 2 minus batch 1;
+    - AdaLN per scale: the blocks' and head's modulations computed 10 times minus once;
+    - released decoder: `released_decode` minus `decode_fhat` on the same f̂.
+    """
+    from .timing import measure, measure_interleaved, paired_difference
+
+    body, config = model.model, model.config
+    decoder, vqvae = body.scale_decoder, body.vqvae
+    generator = torch.Generator().manual_seed(0)
+    lengths = [side * side for side in decoder.scale_sizes]
+    text_width, var_width = config.text_config.hidden_size, decoder.class_embed.embedding_dim
+    llm_states = [torch.randn(1, n, text_width, generator=generator) for n in lengths]
+    var_states = [torch.randn(2, n, var_width, generator=generator) for n in lengths]
+    rows = torch.tensor([config.image_gen_start_token_id, decoder.unconditional_class])
+    condition = decoder.class_embed(rows)
+
+    def lm_head_logits():
+        for states in llm_states:
+            model.lm_head(states)
+
+    def var_blocks(batch: int):
+        cache = ScaleKVCache(len(decoder.blocks))
+        for states in var_states:
+            decoder(states[:batch], condition[:batch], cache=cache)
+
+    def modulations():
+        block_condition = decoder.block_condition(condition[:1])
+        for block in decoder.blocks:
+            block.modulation(block_condition)
+        decoder.head_norm.modulation(condition[:1])
+
+    size = vqvae.quantizer.final_size
+    f_hat = torch.randn(1, vqvae.config.z_channels, size, size, generator=generator)
+    noise = measure_interleaved({"batch_2": lambda: var_blocks(2), "batch_1": lambda: var_blocks(1)}, repeats=repeats)
+    decode = measure_interleaved(
+        {"released": lambda: released_decode(vqvae, f_hat), "ours": lambda: vqvae.decode_fhat(f_hat)}, repeats=repeats
+    )
+    timings = {
+        "lm_head_logits": measure(lm_head_logits, repeats=repeats),
+        "noise_branch": noise,
+        "adaln_once": measure(modulations, repeats=repeats),
+        "released_decoder": decode,
     }
+    num_scales = len(lengths)
+    cost = {
+        "lm_head_logits": timings["lm_head_logits"]["median_s"],
+        "noise_branch": paired_difference(noise, "batch_2", "batch_1"),
+        "adaln_every_scale": (num_scales - 1) * timings["adaln_once"]["median_s"],
+        "released_decoder": paired_difference(decode, "released", "ours"),
+    }
+    return {"timings": timings, "cost_s": cost, "what": dict(WASTE)}
 
 
 def _released_resnet_block(block, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +179,7 @@ def released_decode(vqvae, f_hat: torch.Tensor) -> torch.Tensor:
 def run(model, processor, quick: bool = False) -> dict:
     """Ours vs the released-style loop at batch 1, interleaved, greedy, same prompt and weights."""
     from .medium import t2i_inputs
-    from .timing import measure_interleaved
+    from .timing import measure_interleaved, paired_ratio
 
     inputs = t2i_inputs(processor, 1)
     timings = measure_interleaved(
@@ -142,21 +187,22 @@ def run(model, processor, quick: bool = False) -> dict:
             "vargpt": lambda: model.generate_images(**inputs, do_sample=False, guidance_scale=1.0),
             "released_style": lambda: released_style_generate(model, inputs["input_ids"]),
         },
-        repeats=3 if quick else 7,
+        repeats=5 if quick else 9,
     )
     return {
         "what": "the released inference loop's work re-enacted on the same modules (see benchmarks/released.py)",
         "timings": timings,
-        "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
+        "speedup": paired_ratio(timings, "released_style", "vargpt"),
+        "speedup_of_medians": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
         "decode": decode_before_after(model, batch_sizes=(1, 8), repeats=3 if quick else 5),
-        "waste": waste_ablation(model, inputs["input_ids"], repeats=3 if quick else 5),
+        "waste": waste_costs(model, repeats=7 if quick else 15),
     }
 
 
 def decode_before_after(model, batch_sizes=(1, 8), repeats: int = 5) -> dict:
     """The VQVAE decode alone, released work (`released_decode`) vs ours (`decode_fhat`), on the same random f̂:
     seconds per image at each batch size, interleaved."""
-    from .timing import measure_interleaved
+    from .timing import measure_interleaved, paired_ratio
 
     vqvae = model.model.vqvae
     size = vqvae.quantizer.final_size
@@ -172,6 +218,6 @@ def decode_before_after(model, batch_sizes=(1, 8), repeats: int = 5) -> dict:
         results[str(batch)] = {
             "seconds_per_image": {name: stats["median_s"] / batch for name, stats in timings.items()},
             "timings": timings,
-            "speedup": timings["released_style"]["median_s"] / timings["vargpt"]["median_s"],
+            "speedup": paired_ratio(timings, "released_style", "vargpt"),
         }
     return results

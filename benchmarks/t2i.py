@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from .medium import t2i_inputs
-from .timing import measure_interleaved
+from .timing import measure_interleaved, paired_ratio
 
 GREEDY = {"do_sample": False, "guidance_scale": 1.0}
 COMPONENTS = {
@@ -33,7 +33,8 @@ def generate(model, inputs, **kwargs):
 
 
 def latency_and_throughput(model, processor, batch_sizes=(1, 4, 8), repeats: int = 5) -> dict:
-    """Median seconds per `generate_images` call at each batch size; images/s = batch / median.
+    """Median seconds per `generate_images` call at each batch size; images/s = batch / median; the throughput
+    gain over batch 1 is the median of the per-round ratios (`paired_ratio`).
 
     The batch sizes are timed in interleaved rounds (1, 4, 8, 8, 4, 1, ...) so that a drift of the machine's speed
     hits them alike and the throughput ratios stay meaningful.
@@ -48,9 +49,12 @@ def latency_and_throughput(model, processor, batch_sizes=(1, 4, 8), repeats: int
         stats["images_per_s"] = batch / stats["median_s"]
         stats["seconds_per_image"] = stats["median_s"] / batch
         results[str(batch)] = stats
-    base = results[str(batch_sizes[0])]["images_per_s"]
-    for stats in results.values():
-        stats["throughput_vs_batch1"] = stats["images_per_s"] / base
+    first = batch_sizes[0]
+    for batch in batch_sizes:
+        # images/s ratio per round: (batch / t_batch) / (first / t_first)
+        stats = results[str(batch)]
+        stats["throughput_vs_batch1"] = paired_ratio(timed, str(first), str(batch), scale=batch / first)
+        stats["throughput_vs_batch1_of_medians"] = stats["images_per_s"] / results[str(first)]["images_per_s"]
     return {"prompt_tokens": int(inputs[batch_sizes[0]]["input_ids"].shape[1]), "by_batch": results}
 
 

@@ -27,6 +27,21 @@ def summarize(samples: list[float]) -> dict:
     }
 
 
+def paired_ratio(timings: dict[str, dict], numerator: str, denominator: str, scale: float = 1.0) -> float:
+    """Median over rounds of `scale` × numerator seconds / denominator seconds, each pair from one interleaved round.
+
+    The two calls of a round run back to back, so a drift of the machine's speed (±25 % within minutes here) hits
+    both; the ratio of two medians does not have that protection when the drift falls between rounds.
+    """
+    pairs = zip(timings[numerator]["samples_s"], timings[denominator]["samples_s"])
+    return statistics.median(scale * a / b for a, b in pairs)
+
+
+def paired_difference(timings: dict[str, dict], minuend: str, subtrahend: str) -> float:
+    """Median over interleaved rounds of minuend seconds - subtrahend seconds (see `paired_ratio`)."""
+    return statistics.median(a - b for a, b in zip(timings[minuend]["samples_s"], timings[subtrahend]["samples_s"]))
+
+
 def time_once(fn: Callable[[], object]) -> float:
     """Wall time of one call in seconds (garbage collected beforehand so it does not fire mid-run)."""
     gc.collect()
