@@ -186,7 +186,7 @@ def test_decode_before_after_is_measured_and_reported():
 def test_waste_items_switch_off_and_are_costed():
     """Every item of the released loop's waste can be switched off alone; the loop still draws an image; each item's
     cost is measured and the report renders them."""
-    from benchmarks.released import WASTE, released_style_generate, waste_costs
+    from benchmarks.released import WASTE, decode_before_after, released_style_generate, waste_costs
 
     model, processor = build_tiny_vargpt(seed=0)
     input_ids = processor(text="draw a red circle", generation_mode="image", return_tensors="pt")["input_ids"]
@@ -196,7 +196,7 @@ def test_waste_items_switch_off_and_are_costed():
     # without the noise branch and with our decoder, the loop is greedy generation: our codes, our image
     plain = released_style_generate(model, input_ids, noise_branch=False, released_decoder=False)
     torch.testing.assert_close(plain, model.generate_images(input_ids, do_sample=False).images, atol=1e-4, rtol=0)
-    waste = waste_costs(model, repeats=1)
+    waste = waste_costs(model, decode_before_after(model, batch_sizes=(1,), repeats=1)["1"], repeats=1)
     assert set(waste["cost_s"]) == set(WASTE) and waste["cost_s"]["lm_head_logits"] > 0
     section = {"speedup": 1.5, "waste": waste, "timings": {
         name: {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "repeats": 1} for name in ("vargpt", "released_style")}}
