@@ -13,20 +13,19 @@ from typing import Any, Callable
 
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import replace_example_docstring
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from transformers.utils import logging
 
+from .image_processing_vargpt import OUTPUT_TYPES, postprocess
 from .modeling_vargpt import VargptForConditionalGeneration
 from .pipeline_output import VargptPipelineOutput
 from .processing_vargpt import VargptProcessor
 
 logger = logging.get_logger(__name__)
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 # Keyword arguments of `from_pretrained` that locate files rather than configure the model.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
 
@@ -67,8 +66,6 @@ class VargptPipeline(DiffusionPipeline):
     def __init__(self, model: VargptForConditionalGeneration, processor: VargptProcessor):
         super().__init__()
         self.register_modules(model=model, processor=processor)
-        # generate_images already returns images in [0, 1]: no denormalisation, no resizing
-        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
 
     @property
     def num_scales(self) -> int:
@@ -224,7 +221,7 @@ class VargptPipeline(DiffusionPipeline):
             )
 
         # 3. post-process
-        images = self.image_processor.postprocess(output.images, output_type=output_type)
+        images = postprocess(output.images, output_type=output_type)  # generate_images gives [0, 1]
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

@@ -16,13 +16,10 @@ itself does for `llava` checkpoints).
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from transformers import AutoImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
@@ -31,13 +28,13 @@ from transformers.tokenization_utils_tokenizers import TokenizersBackend
 from transformers.utils import logging
 
 from .configuration_vargpt import RELEASED_PATCH_NUMS
+from .image_processing_vargpt import flatten_images, load_rgb_image, postprocess, prepare_generation_target
 
 logger = logging.get_logger(__name__)
 
 IMAGE_GEN_MARKER = "<image_gen>"
 IMAGE_GEN_START, IMAGE_GEN_END, IMAGE_GEN_PAD = "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>"
 GENERATION_MODES = ("text", "image")
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class VargptProcessorKwargs(ProcessingKwargs, total=False):
@@ -50,105 +47,14 @@ class VargptProcessorKwargs(ProcessingKwargs, total=False):
     generation_mode: str
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """8-bit copy of image values: floats in [0, 1] (or [0, 255]), 8-bit or 16-bit integers, booleans."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    is_float = np.issubdtype(array.dtype, np.floating)
-    if not (is_float or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"unsupported image dtype {array.dtype}; use uint8, uint16 or float arrays")
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("image array contains NaN or infinite values")
-    low, high = float(values.min()), float(values.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"image values must lie in [0, 1], [0, 255] or [0, 65535] (8/16-bit); got [{low}, {high}]")
-    if is_float and high <= 1.0:
-        values = values * 255.0  # intensities in [0, 1]
-    elif (array.dtype.kind == "u" and array.dtype.itemsize == 2) or high > 255:
-        values = values / 257.0  # 16-bit: 65535 -> 255
-    return np.round(values).astype(np.uint8)
-
-
-def _array_to_rgb(array: np.ndarray, channels_first: bool) -> PIL.Image.Image:
-    """`HxW`, `HxWxC` or `CxHxW` (C in 1, 3, 4) array of any supported dtype -> 8-bit RGB image."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and (channels_first or array.shape[-1] not in (1, 3, 4)):
-        array = array.transpose(1, 2, 0)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or array.size == 0:
-        raise ValueError(f"an image array must be HxW, HxWxC or CxHxW with C in (1, 3, 4); got shape {array.shape}")
-    values = np.ascontiguousarray(_to_uint8(array))
-    image = PIL.Image.fromarray(values[..., 0]) if values.shape[-1] == 1 else PIL.Image.fromarray(values)
-    return _pil_to_rgb(image)
-
-
-def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """A new 8-bit RGB image; transparency is composited on white (as transformers' `convert_to_rgb`)."""
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16/32-bit grayscale: PIL's `convert` would clip at 255, so rescale to 8 bits first
-        return _array_to_rgb(np.asarray(image), channels_first=False)
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except ValueError as error:
-        raise ValueError(f"cannot convert a {image.mode!r} image to RGB: {error}") from error
-
-
-def _open_image_file(path: Path) -> PIL.Image.Image:
-    if not path.is_file():
-        raise ValueError(f"image path {str(path)!r} is not a file")
-    try:
-        with PIL.Image.open(path) as opened:
-            opened.load()
-            return _pil_to_rgb(opened)
-    except PIL.UnidentifiedImageError as error:
-        raise ValueError(f"{str(path)!r} is not an image file that PIL can read") from error
-    except OSError as error:
-        raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {error}") from error
-
-
-def load_rgb_image(image: Any) -> PIL.Image.Image:
-    """One input image as an 8-bit RGB PIL image.
-
-    Accepts a PIL image (any mode: grayscale, palette, RGBA, 16-bit), an image file path, or a numpy array / torch
-    tensor shaped `HxW`, `HxWxC` or `CxHxW` (tensors are read channels-first, arrays channels-last when ambiguous).
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return _open_image_file(Path(image))
-    if isinstance(image, PIL.Image.Image):
-        return _pil_to_rgb(image)
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu()
-        return _array_to_rgb((image.float() if image.is_floating_point() else image).numpy(), channels_first=True)
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, channels_first=False)
-    raise TypeError(
-        f"images must be PIL images, numpy arrays, torch tensors or image file paths; got {type(image).__name__}"
-    )
-
-
-def _flatten_images(images: Any) -> list[Any]:
-    """A single image, a batch array (`B, ...` with 4 dims) or a (nested) list of images → flat list."""
-    if isinstance(images, (list, tuple)):
-        return [image for item in images for image in _flatten_images(item)]
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-        return list(images)
-    return [images]
-
-
 class VargptProcessor(ProcessorMixin):
     r"""
     Processor of VARGPT: a [`CLIPImageProcessor`] (PIL backend), the Llama tokenizer and the chat template.
 
     Args:
         image_processor ([`CLIPImageProcessor`]): preprocessing of the images to read.
-        tokenizer ([`TokenizersBackend`]): the tokenizer with `<image>`, `<pad>` and the `<|image_gen_*|>` tokens.
+        tokenizer ([`TokenizersBackend`]): the tokenizer with `<image>`, `<pad>` and the `<|image_gen_*|>` tokens;
+            set to pad on the left (generation), which a saved tokenizer records.
         patch_size (`int`, *optional*): patch size of the vision tower; required to expand `<image>`.
         vision_feature_select_strategy (`str`, *optional*): `"default"` drops CLIP's CLS feature, `"full"` keeps it.
         chat_template (`str`, *optional*): Jinja template turning a conversation into a prompt.
@@ -187,6 +93,9 @@ class VargptProcessor(ProcessorMixin):
         self.patch_nums = [int(p) for p in patch_nums]
         self.image_gen_size = int(image_gen_size)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        # A decoder-only model continues from the last position: code that pads with the tokenizer itself
+        # (transformers' pipeline batch collator) must pad on the left too; `init_kwargs` is what a save records.
+        self.tokenizer.padding_side = self.tokenizer.init_kwargs["padding_side"] = "left"
         token_ids = {}
         for token in (image_token, IMAGE_GEN_START, IMAGE_GEN_END, IMAGE_GEN_PAD):
             token_id = tokenizer.convert_tokens_to_ids(token)
@@ -281,13 +190,13 @@ class VargptProcessor(ProcessorMixin):
             prompts = [self.build_text_to_image_prompt(prompt) for prompt in prompts]
 
         data: dict[str, Any] = {}
-        read_images = [load_rgb_image(image) for image in _flatten_images(images)] if images is not None else []
+        read_images = [load_rgb_image(image) for image in flatten_images(images)] if images is not None else []
         if prompts is not None:
             self._check_count(self.image_token, prompts, len(read_images), "images", images is not None)
         if read_images:
             data.update(self.image_processor(read_images, **merged["images_kwargs"]))
         if images_gen is not None:
-            targets = [self._prepare_generation_target(load_rgb_image(image)) for image in _flatten_images(images_gen)]
+            targets = [prepare_generation_target(image, self.image_gen_size) for image in flatten_images(images_gen)]
             if prompts is not None:
                 self._check_count(IMAGE_GEN_MARKER, prompts, len(targets), "images_gen", True)
             data["pixel_gen_values"] = np.stack(targets)
@@ -321,17 +230,6 @@ class VargptProcessor(ProcessorMixin):
                 f"pass exactly one image per {marker}, in order"
             )
 
-    def _prepare_generation_target(self, image: PIL.Image.Image) -> np.ndarray:
-        """Short side resized to `image_gen_size` (bicubic), centre crop, scaled to [-1, 1]: (3, S, S) float32."""
-        size = self.image_gen_size
-        width, height = image.size
-        scale = size / min(width, height)
-        new_width, new_height = max(size, int(width * scale)), max(size, int(height * scale))
-        image = image.resize((new_width, new_height), resample=PIL.Image.Resampling.BICUBIC)
-        left, top = int(round((new_width - size) / 2)), int(round((new_height - size) / 2))
-        image = image.crop((left, top, left + size, top + size))
-        return (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
-
     def post_process_image_text_to_text(
         self, generated_outputs: torch.Tensor | np.ndarray | list, skip_special_tokens: bool = True, **kwargs
     ) -> list[str]:
@@ -340,6 +238,13 @@ class VargptProcessor(ProcessorMixin):
         if ids and isinstance(ids[0], int):
             ids = [ids]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def postprocess(
+        self, images: torch.Tensor, output_type: str = "pil", value_range: tuple[float, float] = (0.0, 1.0)
+    ) -> Any:
+        """Drawn images `(B, 3, H, W)` in `value_range` → a list of PIL images, a `(B, H, W, 3)` array or a tensor in
+        [0, 1] (`output_type` "pil", "np" or "pt"); see [`image_processing_vargpt.postprocess`]."""
+        return postprocess(images, output_type=output_type, value_range=value_range)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -351,4 +256,5 @@ class VARGPTLlavaProcessor(VargptProcessor):
     """The name that the released checkpoints' `processor_config.json` gives the processor: [`VargptProcessor`]."""
 
 
-__all__ = ["VARGPTLlavaProcessor", "VargptProcessor", "VargptProcessorKwargs", "load_rgb_image"]
+# `load_rgb_image` lives in image_processing_vargpt; imported from here by earlier code, so it stays importable here.
+__all__ = ["IMAGE_GEN_MARKER", "VARGPTLlavaProcessor", "VargptProcessor", "VargptProcessorKwargs", "load_rgb_image"]

@@ -12,16 +12,15 @@ supervised by the image loss instead).
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from transformers.utils import logging
 
-from ..processing_vargpt import IMAGE_GEN_MARKER, load_rgb_image
+from ..image_processing_vargpt import load_rgb_image as _load_image
+from ..processing_vargpt import IMAGE_GEN_MARKER
 from .data import IMAGE_MARKER, placeholder_kinds
 
 logger = logging.get_logger(__name__)
@@ -32,18 +31,6 @@ VICUNA_SYSTEM_MESSAGE = (
 )
 USER_ROLE, ASSISTANT_ROLE = "USER", "ASSISTANT"
 TRUNCATION_MODES = ("truncate", "skip")
-
-
-def _load_image(image: Any) -> PIL.Image.Image:
-    """A path, PIL image, array or a `datasets` image dict (`{"bytes": ..., "path": ...}`) → RGB PIL image."""
-    if isinstance(image, dict):
-        if image.get("bytes") is not None:
-            image = PIL.Image.open(io.BytesIO(image["bytes"]))
-        elif image.get("path") is not None:
-            image = image["path"]
-        else:
-            raise ValueError(f"image dict without bytes or path: {sorted(image)}")
-    return load_rgb_image(image)
 
 
 class VargptDataCollator:
