@@ -10,7 +10,7 @@ has a few hundred rows instead of the release's 32003: it is a lookup and costs 
 from __future__ import annotations
 
 import torch
-from transformers import CLIPImageProcessor
+from transformers import CLIPImageProcessorPil
 
 from transformers_vargpt import VargptForConditionalGeneration
 from transformers_vargpt.processing_vargpt import VargptProcessor
@@ -80,7 +80,7 @@ def build_processor(config, tokenizer=None) -> VargptProcessor:
     """A processor matching `config`: CLIP preprocessing at 224 px, the tiny tokenizer, the config's scales."""
     size = config.vision_config.image_size
     return VargptProcessor(
-        image_processor=CLIPImageProcessor(
+        image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": size}, crop_size={"height": size, "width": size}
         ),
         tokenizer=tokenizer or build_tiny_tokenizer(),

@@ -1,9 +1,13 @@
-"""Pipelines: VargptPipeline (diffusers, text-to-image) and transformers' image-text-to-text / image-to-text."""
+"""Pipelines: VargptPipeline (diffusers), transformers' stock image-text-to-text, and vargpt-image-to-text."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +16,11 @@ import pytest
 import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from safetensors.torch import load_file
-from transformers import AutoModelForImageTextToText, pipeline
+from transformers import AutoModelForImageTextToText, ImageTextToTextPipeline, pipeline
 
-import transformers_vargpt  # noqa: F401  (registers the model, the processor and the pipelines)
+import transformers_vargpt  # noqa: F401  (registers the model, the processor and the vargpt-image-to-text task)
 from transformers_vargpt import VargptPipeline, VargptProcessor
-from transformers_vargpt.pipelines_transformers import VargptImageTextToTextPipeline, register_pipelines
+from transformers_vargpt.pipelines_transformers import IMAGE_TO_TEXT_TASK, VargptImageToTextPipeline, register_pipelines
 from transformers_vargpt.tiny_models import build_tiny_vargpt
 
 TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vargpt-original-tiny"
@@ -219,17 +223,26 @@ def test_single_model_directory_in_our_layout(tmp_path):
     assert torch.equal(out.image_tokens, direct.image_tokens)
 
 
-# ---- transformers pipelines: image-text-to-text and image-to-text -------------------------------------------------
-def test_image_text_to_text_chat_matches_released_greedy_answer(
-    released_model, golden, golden_tensors, und_image
-):
-    pipe = pipeline("image-text-to-text", model=released_model, processor=fixture_processor())
-    assert isinstance(pipe, VargptImageTextToTextPipeline)
-    content = [{"type": "image", "image": und_image}, {"type": "text", "text": QUESTION}]
-    conversation = [{"role": "user", "content": content}]
-    out = pipe(text=conversation, max_new_tokens=8, return_full_text=False)
+# ---- transformers pipelines: stock image-text-to-text, and vargpt-image-to-text ----------------------------------
+def golden_answer(golden_tensors, processor) -> str:
+    """The released code's greedy answer to the fixture's understanding prompt (8 new tokens), decoded."""
     new_ids = golden_tensors["und_generate_ids"][0, golden_tensors["und_input_ids"].shape[1] :]
-    assert out[0]["generated_text"] == pipe.processor.decode(new_ids, skip_special_tokens=True)
+    return processor.decode(new_ids, skip_special_tokens=True)
+
+
+def question_chat(image, question: str = QUESTION) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+
+
+def test_stock_image_text_to_text_gives_the_released_greedy_answer(released_model, golden, golden_tensors, und_image):
+    """transformers' own pipeline, unchanged, on the released-layout directory and on a model object."""
+    from_directory = pipeline("image-text-to-text", model=str(TINY), model_kwargs=golden["reference_hparams"])
+    from_objects = pipeline("image-text-to-text", model=released_model, processor=fixture_processor())
+    for pipe in (from_directory, from_objects):
+        assert type(pipe) is ImageTextToTextPipeline
+        assert pipe.tokenizer.padding_side == "left"  # the processor's tokenizer pads where generation continues
+        out = pipe(text=question_chat(und_image), max_new_tokens=8, return_full_text=False)
+        assert out[0]["generated_text"] == golden_answer(golden_tensors, pipe.processor)
 
 
 def test_image_text_to_text_plain_prompts_batches_and_directory(golden, und_image):
@@ -242,12 +255,9 @@ def test_image_text_to_text_plain_prompts_batches_and_directory(golden, und_imag
     assert together == singles
     assert all(text.startswith(prompt) for text, prompt in zip(singles, prompts))
 
-    chats = [
-        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": QUESTION}]}]
-        for image in images
-    ]
+    chats = [question_chat(image) for image in images]
     one_by_one = [pipe(text=chat, max_new_tokens=4)[0]["generated_text"][-1] for chat in chats]
-    # batch_size=2 collates the two chats: the released tokenizer pads right, the pipeline must pad left
+    # batch_size=2 collates the two chats with the tokenizer's padding side: left, as the processor sets it
     batched = [result[0]["generated_text"][-1] for result in pipe(text=chats, max_new_tokens=4, batch_size=2)]
     assert batched == one_by_one
     assert all(message["role"] == "assistant" for message in batched)
@@ -256,14 +266,77 @@ def test_image_text_to_text_plain_prompts_batches_and_directory(golden, und_imag
     assert isinstance(text_only[0]["generated_text"], str)
 
 
-def test_image_to_text_like_transformers_4(golden, golden_tensors, und_image):
-    captioner = pipeline("image-to-text", model=str(TINY), model_kwargs=golden["reference_hparams"])
-    assert isinstance(captioner, VargptImageTextToTextPipeline)
+def test_stock_pipeline_serves_a_saved_directory(released_model, golden_tensors, und_image, tmp_path):
+    """A directory saved by this package answers through the stock pipeline as `model.generate` does (greedy),
+    one by one and in a padded batch (which a right-padding tokenizer gets wrong for the second question)."""
+    processor = fixture_processor()
+    released_model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["padding_side"] == "left"
+
+    pipe = pipeline("image-text-to-text", model=str(tmp_path))
+    assert type(pipe) is ImageTextToTextPipeline
+    questions = [(und_image, QUESTION), (und_image.rotate(90), "What is it?")]  # prompts of different lengths
+    expected = []
+    for image, question in questions:
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        ids = released_model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        expected.append(processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert expected[0] == golden_answer(golden_tensors, processor)
+
+    chats = [question_chat(image, question) for image, question in questions]
+    one_by_one = [pipe(text=chat, max_new_tokens=8, return_full_text=False)[0]["generated_text"] for chat in chats]
+    batched = pipe(text=chats, max_new_tokens=8, return_full_text=False, batch_size=2)
+    assert one_by_one == expected
+    assert [result[0]["generated_text"] for result in batched] == expected
+
+
+def test_image_to_text_is_transformers_image_text_to_text(golden, golden_tensors, tmp_path):
+    """What `pipeline("image-to-text")` does on transformers 5 (as the README says): transformers logs that the task
+    was replaced and builds its own `image-text-to-text` pipeline, which needs text with the image. Run in a fresh
+    interpreter, as a user would: transformers 5.24 logs that line with a stray argument, which pytest's log capture
+    turns into an exception while a plain interpreter prints it."""
+    script = textwrap.dedent(
+        f"""
+        import json
+        import PIL.Image
+        import transformers_vargpt
+        from transformers import ImageTextToTextPipeline, pipeline
+
+        pipe = pipeline("image-to-text", model={str(TINY)!r}, model_kwargs={golden["reference_hparams"]!r})
+        image = PIL.Image.open({str(TINY / "und_image.png")!r}).convert("RGB")
+        try:
+            pipe(image)
+            error = None
+        except ValueError as caught:
+            error = str(caught)
+        content = [{{"type": "image", "image": image}}, {{"type": "text", "text": {QUESTION!r}}}]
+        chat = [{{"role": "user", "content": content}}]
+        answer = pipe(text=chat, max_new_tokens=8, return_full_text=False)[0]["generated_text"]
+        print(json.dumps({{"stock": type(pipe) is ImageTextToTextPipeline, "error": error, "answer": answer}}))
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["stock"] is True
+    assert report["error"] == "You must provide text for this pipeline."
+    assert report["answer"] == golden_answer(golden_tensors, fixture_processor())
+    assert "The task `image-to-text` has been removed and has been replaced by `image-text-to-text`" in result.stderr
+
+
+def test_vargpt_image_to_text_like_transformers_4(golden, golden_tensors, und_image):
+    captioner = pipeline(IMAGE_TO_TEXT_TASK, model=str(TINY), model_kwargs=golden["reference_hparams"])
+    assert type(captioner) is VargptImageToTextPipeline
 
     # a question, rendered with the chat template: the released prompt, the released greedy answer
     answer = captioner(und_image, prompt=QUESTION, generate_kwargs={"max_new_tokens": 8})
-    new_ids = golden_tensors["und_generate_ids"][0, golden_tensors["und_input_ids"].shape[1] :]
-    assert answer == [{"generated_text": captioner.processor.decode(new_ids, skip_special_tokens=True)}]
+    assert answer == [{"generated_text": golden_answer(golden_tensors, captioner.processor)}]
     # a prompt that places <image> itself is used as it is
     assert captioner(und_image, prompt=golden["und_prompt"], max_new_tokens=8) == answer
     full = captioner(und_image, prompt=golden["und_prompt"], max_new_tokens=8, return_full_text=True)
@@ -288,9 +361,9 @@ def test_image_to_text_like_transformers_4(golden, golden_tensors, und_image):
         captioner(images=und_image, text=golden["und_prompt"], prompt=QUESTION)
 
 
-def test_image_to_text_with_model_object():
+def test_vargpt_image_to_text_with_model_object():
     model, processor = build_tiny_vargpt(seed=0)
-    captioner = pipeline("image-to-text", model=model, processor=processor)
+    captioner = pipeline(IMAGE_TO_TEXT_TASK, model=model, processor=processor)
     image = PIL.Image.new("RGB", (40, 30), "red")
     out = captioner(image, prompt="what color is this ?", max_new_tokens=4)
     assert isinstance(out, list) and isinstance(out[0]["generated_text"], str)
@@ -303,15 +376,144 @@ def test_image_to_text_with_model_object():
     assert out[0]["generated_text"] == processor.decode(new_tokens, skip_special_tokens=True)
 
 
-def test_registration_and_other_models_untouched():
-    from transformers.pipelines import PIPELINE_REGISTRY, ImageTextToTextPipeline
+def test_registration_adds_only_vargpt_task():
+    from transformers.pipelines import PIPELINE_REGISTRY
 
-    assert "image-to-text" in PIPELINE_REGISTRY.get_supported_tasks()
-    assert PIPELINE_REGISTRY.check_task("image-to-text")[1]["impl"] is VargptImageTextToTextPipeline
-    entry = PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]
-    assert entry["impl"] is VargptImageTextToTextPipeline and entry["default"]  # default checkpoint kept
-    assert issubclass(VargptImageTextToTextPipeline, ImageTextToTextPipeline)
-    # saving a pipeline must not mark checkpoints as Hub custom pipelines (that would demand trust_remote_code)
-    assert not hasattr(VargptImageTextToTextPipeline, "_registered_impl")
-    register_pipelines()  # idempotent
-    assert PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"] is VargptImageTextToTextPipeline
+    assert PIPELINE_REGISTRY.check_task(IMAGE_TO_TEXT_TASK)[1]["impl"] is VargptImageToTextPipeline
+    # transformers 5.24 names its classes lazily, by import path
+    stock = PIPELINE_REGISTRY.supported_tasks["image-text-to-text"]["impl"]
+    assert stock in (ImageTextToTextPipeline, "transformers.pipelines.image_text_to_text.ImageTextToTextPipeline")
+    assert "image-to-text" not in PIPELINE_REGISTRY.supported_tasks
+    entry = PIPELINE_REGISTRY.supported_tasks[IMAGE_TO_TEXT_TASK]
+    register_pipelines()  # idempotent: the entry is not replaced
+    assert PIPELINE_REGISTRY.supported_tasks[IMAGE_TO_TEXT_TASK] is entry
+
+
+# Runs in a fresh interpreter: builds a tiny LLaVA, records what transformers' pipelines are for it, imports
+# transformers_vargpt, records again and prints the differences.
+IMPORT_LEAVES_OTHERS_SCRIPT = textwrap.dedent(
+    """
+    import json, logging
+
+    import PIL.Image
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    import transformers
+    import transformers.pipelines
+    from transformers import (
+        CLIPImageProcessorPil, CLIPVisionConfig, ImageTextToTextPipeline, LlamaConfig, LlavaConfig,
+        LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast, pipeline,
+    )
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    words = "<unk> <s> </s> <pad> <image> user assistant : what is this ? a red blue shape".split()
+    backend = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+        "{% else %}{{ c['text'] }} {% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}assistant :"
+        "{% endif %}"
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=template,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=len(words),
+            pad_token_id=3,
+        ),
+        image_token_index=4, image_seq_length=4,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    chat = [{"role": "user", "content": [{"type": "image", "image": PIL.Image.new("RGB", (16, 16), "red")},
+                                         {"type": "text", "text": "what is this ?"}]}]
+
+
+    def transformers_loggers():
+        return {
+            name: (list(logger.filters), list(logger.handlers))
+            for name, logger in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
+            if isinstance(logger, logging.Logger) and (name == "" or name.split(".")[0] == "transformers")
+        }
+
+
+    def snapshot():
+        pipe = pipeline("image-text-to-text", model=model, processor=processor)
+        return {
+            "tasks": {
+                name: (entry["impl"], entry["pt"], repr(entry.get("default")), entry.get("type"))
+                for name, entry in PIPELINE_REGISTRY.supported_tasks.items()
+            },
+            "aliases": dict(PIPELINE_REGISTRY.task_aliases),
+            "loggers": transformers_loggers(),
+            "pipelines_module": dict(vars(transformers.pipelines)),
+            "pipeline_class": dict(vars(ImageTextToTextPipeline)),
+            "llava_pipeline": type(pipe),
+            "llava_image_to_text": type(pipeline("image-to-text", model=model, processor=processor)),
+            "llava_answer": pipe(text=chat, max_new_tokens=3, return_full_text=False)[0]["generated_text"],
+            "padding_side": processor.tokenizer.padding_side,
+        }
+
+
+    before = snapshot()
+    import transformers_vargpt  # noqa: F401
+    after = snapshot()
+
+    def changed(old, new):
+        return sorted(key for key in old if key not in new or new[key] is not old[key] and new[key] != old[key])
+
+    report = {
+        "new_tasks": sorted(set(after["tasks"]) - set(before["tasks"])),
+        "changed_tasks": [name for name in before["tasks"] if after["tasks"].get(name) != before["tasks"][name]],
+        "changed_aliases": before["aliases"] != after["aliases"],
+        "changed_loggers": changed(before["loggers"], after["loggers"]),
+        "new_logger_filters": [
+            name for name, (filters, _) in after["loggers"].items() if name not in before["loggers"] and filters
+        ],
+        "changed_pipelines_module": changed(before["pipelines_module"], after["pipelines_module"]),
+        "changed_pipeline_class": changed(before["pipeline_class"], after["pipeline_class"])
+        + sorted(set(after["pipeline_class"]) - set(before["pipeline_class"])),
+        "llava_pipeline": [before["llava_pipeline"].__name__, after["llava_pipeline"].__name__],
+        "llava_pipeline_same_class": after["llava_pipeline"] is before["llava_pipeline"] is ImageTextToTextPipeline,
+        "llava_image_to_text_same_class": after["llava_image_to_text"] is before["llava_image_to_text"],
+        "llava_answers": [before["llava_answer"], after["llava_answer"]],
+        "padding_side": [before["padding_side"], after["padding_side"]],
+    }
+    print(json.dumps(report))
+    """
+)
+
+
+def test_import_leaves_other_models_pipelines_unchanged(tmp_path):
+    """Importing the package adds its own task and nothing else: a LLaVA's pipeline class, the registry's existing
+    entries, transformers' loggers and the pipeline module are the same objects before and after the import."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_LEAVES_OTHERS_SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["new_tasks"] == [IMAGE_TO_TEXT_TASK]
+    assert report["changed_tasks"] == [] and report["changed_aliases"] is False
+    assert report["changed_loggers"] == [] and report["new_logger_filters"] == []
+    assert report["changed_pipelines_module"] == [] and report["changed_pipeline_class"] == []
+    assert report["llava_pipeline"] == ["ImageTextToTextPipeline", "ImageTextToTextPipeline"]
+    assert report["llava_pipeline_same_class"] and report["llava_image_to_text_same_class"]
+    assert report["llava_answers"][0] == report["llava_answers"][1]
+    assert report["padding_side"][0] == report["padding_side"][1]

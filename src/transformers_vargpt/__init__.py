@@ -1,6 +1,7 @@
 """transformers-vargpt: VARGPT as a native transformers / diffusers / TRL model.
 
-Importing the package registers `vargpt_llava` with the transformers Auto classes.
+Importing the package registers `vargpt_llava` with the transformers Auto classes and adds the
+`vargpt-image-to-text` pipeline task; it changes nothing of transformers' own tasks, classes or loggers.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -10,7 +11,7 @@ from .generation_vargpt import VargptImageGenerationOutput, VargptInterleavedOut
 from .modeling_vargpt import VargptForConditionalGeneration, VargptModel, VargptPreTrainedModel
 from .modeling_vargpt_vqvae import VargptVQVAE
 from .processing_vargpt import VARGPTLlavaProcessor, VargptProcessor
-from .pipelines_transformers import VargptImageTextToTextPipeline, register_pipelines
+from .pipelines_transformers import VargptImageToTextPipeline, register_pipelines
 
 AutoConfig.register(VargptConfig.model_type, VargptConfig, exist_ok=True)
 AutoConfig.register(VargptVQVAEConfig.model_type, VargptVQVAEConfig, exist_ok=True)
@@ -24,14 +25,14 @@ AutoProcessor.register(VargptConfig.model_type, VARGPTLlavaProcessor, exist_ok=T
 VargptConfig.register_for_auto_class()
 VargptForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 VargptProcessor.register_for_auto_class()
-# pipeline("image-text-to-text") / pipeline("image-to-text") for VARGPT models
+# pipeline("vargpt-image-to-text"): the transformers 4 image-to-text call (transformers 5 removed that task)
 register_pipelines()
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # the diffusers pipeline is imported on first use: diffusers adds half a second to `import transformers_vargpt`
+    # the diffusers pipeline is imported on first use: importing diffusers is slow (BENCHMARKS.md)
     if name == "VargptPipeline":
         from .pipeline_vargpt import VargptPipeline
 
@@ -54,7 +55,7 @@ __all__ = [
     "VARGPTLlavaProcessor",
     "VargptImageGenerationOutput",
     "VargptInterleavedOutput",
-    "VargptImageTextToTextPipeline",
+    "VargptImageToTextPipeline",
     "VargptPipeline",
     "VargptPipelineOutput",
 ]

@@ -1,36 +1,31 @@
-"""VARGPT in transformers' `pipeline()`: the `image-text-to-text` task, and `image-to-text` as transformers 4 had it.
+"""VARGPT in transformers' `pipeline()`: the stock `image-text-to-text` task, and `vargpt-image-to-text`.
 
-`image-text-to-text` already works with VARGPT through transformers' own `ImageTextToTextPipeline` (chat messages,
-plain prompts, `max_new_tokens`, batches) with one exception this module mends: the pipeline's batch collator pads with
-the tokenizer's `padding_side`, and the released tokenizer pads on the right, which a decoder-only model cannot
-generate from. For VARGPT models the pipeline below pads on the left.
+`pipeline("image-text-to-text", model=path)` is transformers' own [`ImageTextToTextPipeline`], unchanged: a VARGPT
+directory carries what it needs (the processor's tokenizer pads on the left, the chat template, the generation
+config's end and pad tokens), so chats, prompts and batches work as for any other model.
 
-transformers 5 removed the `image-to-text` task: `pipeline("image-to-text", ...)` is rewritten to
-`"image-text-to-text"` before the task registry is consulted, and `ImageTextToTextPipeline` refuses a call without
-text. So registering a class for `"image-to-text"` alone (done below, for discovery) is not reached by `pipeline()`;
-instead the `image-text-to-text` implementation is replaced by [`VargptImageTextToTextPipeline`], a subclass that is
-the transformers class for every other model and, for VARGPT models, also accepts the transformers 4 image-to-text
-call:
+transformers 5 removed the `image-to-text` task: `pipeline("image-to-text", ...)` logs that the task was replaced and
+builds an `image-text-to-text` pipeline, which refuses a call without text. The transformers 4 call (images alone,
+optionally with a `prompt`) is this package's own task, registered through transformers' public
+`PIPELINE_REGISTRY.register_pipeline` under its own name:
 
 ```python
-import transformers_vargpt  # registers the pipelines
+import transformers_vargpt  # registers the task
 from transformers import pipeline
 
-captioner = pipeline("image-to-text", model="path/to/vargpt")  # our layout or the released one
-captioner(image)                                                # [{"generated_text": "..."}]
+captioner = pipeline("vargpt-image-to-text", model="path/to/vargpt")  # our layout or the released one
+captioner(image)                                                       # [{"generated_text": "..."}]
 captioner([image_a, image_b], prompt="What color is the shape?", generate_kwargs={"max_new_tokens": 20})
 # [[{"generated_text": "..."}], [{"generated_text": "..."}]]
 ```
 
-The released checkpoint layout does not record the VAR/VQVAE sizes; pass them with `model_kwargs`, which
-`pipeline()` hands to both the model and the processor:
-`pipeline("image-to-text", model=released_dir, model_kwargs={"patch_nums": [...], "var_depth": ..., ...})`.
-A model object needs its processor: `pipeline("image-to-text", model=model, processor=processor)`.
+As for every pipeline registered this way, `captioner.save_pretrained(path)` records the task in the saved
+`config.json` (`custom_pipelines`) and copies this file beside the weights; `pipeline("vargpt-image-to-text", path)`
+then asks for `trust_remote_code=True`, while `pipeline("image-text-to-text", path)` is unaffected.
 """
 
 from __future__ import annotations
 
-import logging as stdlib_logging
 from typing import Any
 
 from transformers import AutoModelForImageTextToText
@@ -40,7 +35,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-VARGPT_MODEL_TYPE = "vargpt_llava"
+IMAGE_TO_TEXT_TASK = "vargpt-image-to-text"
 IMAGE_TOKEN = "<image>"
 
 
@@ -49,13 +44,11 @@ def _is_single_image(images: Any) -> bool:
     return not isinstance(images, (list, tuple))
 
 
-class VargptImageTextToTextPipeline(ImageTextToTextPipeline):
+class VargptImageToTextPipeline(ImageTextToTextPipeline):
     r"""
-    transformers' [`ImageTextToTextPipeline`] that, for VARGPT models, pads batches on the left and also answers the
-    transformers 4 `image-to-text` call.
-
-    Every call that `ImageTextToTextPipeline` accepts (chat messages, `images` + `text`, text only, lists of them)
-    behaves as there. For a VARGPT model, a call *without* `text` is an image-to-text call:
+    The transformers 4 `image-to-text` call on transformers' [`ImageTextToTextPipeline`]: images alone, or images
+    with a question. Every call that `ImageTextToTextPipeline` accepts (chats, `images` + `text`) behaves as there;
+    a call with images and no `text` is an image-to-text call:
 
     Args:
         images (`str`, `PIL.Image.Image`, `np.ndarray` or a list of them):
@@ -75,20 +68,7 @@ class VargptImageTextToTextPipeline(ImageTextToTextPipeline):
         For one image, `[{"generated_text": answer}]`; for a list of N images, N such lists.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.serves_vargpt and self.tokenizer is not None and self.tokenizer.padding_side != "left":
-            # the batch collator pads with the tokenizer's side; generation continues from the last position
-            logger.info("VARGPT pipeline: padding batches on the left (the tokenizer pads on the right)")
-            self.tokenizer.padding_side = "left"
-
-    @property
-    def serves_vargpt(self) -> bool:
-        return getattr(self.model.config, "model_type", None) == VARGPT_MODEL_TYPE
-
     def __call__(self, images: Any = None, text: Any = None, **kwargs: Any):
-        if not self.serves_vargpt:
-            return super().__call__(images, text, **kwargs)
         if "inputs" in kwargs and images is None:  # transformers 4's ImageToTextPipeline named the argument `inputs`
             images = kwargs.pop("inputs")
         prompt = kwargs.pop("prompt", None)
@@ -136,40 +116,19 @@ class VargptImageTextToTextPipeline(ImageTextToTextPipeline):
         return as_v4(results) if single else [as_v4(records) for records in results]
 
 
-class _StrayWarningCategoryFilter(stdlib_logging.Filter):
-    """transformers 5.24 logs the `image-to-text` → `image-text-to-text` rewrite as `warning_once(message,
-    UserWarning)`; the stray argument breaks %-formatting ("--- Logging error ---", and a TypeError under pytest).
-    Dropping it lets the message print as intended."""
-
-    def filter(self, record: stdlib_logging.LogRecord) -> bool:
-        if record.args == (UserWarning,):
-            record.args = ()
-        return True
-
-
 def register_pipelines() -> None:
-    """Make `pipeline("image-text-to-text")` and `pipeline("image-to-text")` serve VARGPT models (idempotent).
+    """Register the `vargpt-image-to-text` task with transformers' pipeline registry (idempotent).
 
-    The `image-text-to-text` entry keeps its model classes, default checkpoint and type; only its implementation
-    becomes [`VargptImageTextToTextPipeline`], which is transformers' class unchanged for other models.
+    Only this package's own task name is added; an existing entry of that name is left as it is.
     """
-    pipelines_logger = stdlib_logging.getLogger("transformers.pipelines")
-    if not any(isinstance(existing, _StrayWarningCategoryFilter) for existing in pipelines_logger.filters):
-        pipelines_logger.addFilter(_StrayWarningCategoryFilter())
-    tasks = PIPELINE_REGISTRY.supported_tasks
-    current = tasks["image-text-to-text"]
-    if current["impl"] is not VargptImageTextToTextPipeline:
-        tasks["image-text-to-text"] = {**current, "impl": VargptImageTextToTextPipeline}
-    if "image-to-text" not in tasks:
-        PIPELINE_REGISTRY.register_pipeline(
-            "image-to-text",
-            pipeline_class=VargptImageTextToTextPipeline,
-            pt_model=AutoModelForImageTextToText,
-            type="multimodal",
-        )
-        # `register_pipeline` marks the class as a Hub custom pipeline: `Pipeline.save_pretrained` would then write
-        # `custom_pipelines` into saved configs and demand `trust_remote_code` to load them. The code is installed.
-        del VargptImageTextToTextPipeline._registered_impl
+    if IMAGE_TO_TEXT_TASK in PIPELINE_REGISTRY.get_supported_tasks():
+        return
+    PIPELINE_REGISTRY.register_pipeline(
+        IMAGE_TO_TEXT_TASK,
+        pipeline_class=VargptImageToTextPipeline,
+        pt_model=AutoModelForImageTextToText,
+        type="multimodal",
+    )
 
 
-__all__ = ["VargptImageTextToTextPipeline", "register_pipelines"]
+__all__ = ["IMAGE_TO_TEXT_TASK", "VargptImageToTextPipeline", "register_pipelines"]

@@ -114,7 +114,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
 
 def build_tiny_vargpt(seed: int = 0, **overrides):
     """(model, processor) of a random tiny VARGPT, in eval mode. Weights are random: outputs are noise."""
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil
 
     from .modeling_vargpt import VargptForConditionalGeneration
     from .processing_vargpt import VargptProcessor
@@ -123,7 +123,8 @@ def build_tiny_vargpt(seed: int = 0, **overrides):
     config = tiny_config(tokenizer, **overrides)
     torch.manual_seed(seed)
     model = VargptForConditionalGeneration(config).eval()
-    image_processor = CLIPImageProcessor(
+    # the PIL backend, as the released checkpoints load (no torchvision needed)
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": config.vision_config.image_size},
         crop_size={"height": config.vision_config.image_size, "width": config.vision_config.image_size},
     )
