@@ -25,6 +25,7 @@ CODE_FILES = {
     "configuration_vargpt.py",
     "generation_vargpt.py",
     "hub.py",
+    "image_processing_vargpt.py",
     "modeling_vargpt.py",
     "modeling_vargpt_var.py",
     "modeling_vargpt_vqvae.py",
@@ -166,12 +167,13 @@ def test_model_card_base_model_and_hand_written_card(released, tmp_path):
     assert (generated / "README.md").read_text() == first
 
 
-@pytest.mark.parametrize("repository_has_card", [False, True])
-def test_push_to_hub_uploads_code_auto_map_and_card(released, monkeypatch, repository_has_card):
-    model, _ = released
+def mock_hub(monkeypatch, repository_has_card: bool) -> dict:
+    """Replace the Hub calls (huggingface_hub's public `HfApi.create_repo` / `upload_folder`, `ModelCard.load`);
+    returns what the upload received."""
     uploaded = {}
 
-    def fake_create_repo(repo_id, **kwargs):
+    def fake_create_repo(self, repo_id, **kwargs):
+        uploaded["create_repo"] = {"repo_id": repo_id, **kwargs}
         return SimpleNamespace(repo_id=repo_id)
 
     def fake_load(repo_id, token=None):
@@ -179,19 +181,31 @@ def test_push_to_hub_uploads_code_auto_map_and_card(released, monkeypatch, repos
             raise EntryNotFoundError("no README.md")
         return ModelCard("---\nlicense: mit\n---\n# the owner's card\n")
 
-    def fake_upload(self, working_dir, repo_id, files_timestamps, **kwargs):
-        uploaded["repo_id"] = repo_id
-        uploaded["files"] = {path.name: path.read_bytes() for path in Path(working_dir).iterdir()}
+    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded.update(repo_id=repo_id, upload_kwargs=kwargs)
+        uploaded["files"] = {path.name: path.read_bytes() for path in Path(folder_path).iterdir()}
         return "https://hub.example/commit"
 
-    monkeypatch.setattr(hub, "create_repo", fake_create_repo)
+    monkeypatch.setattr(hub.HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(hub.HfApi, "upload_folder", fake_upload_folder)
     monkeypatch.setattr(hub.ModelCard, "load", staticmethod(fake_load))
-    monkeypatch.setattr(type(model), "_upload_modified_files", fake_upload)
-    assert model.push_to_hub("someone/vargpt-tiny", tags=["demo"]) == "https://hub.example/commit"
+    return uploaded
 
+
+@pytest.mark.parametrize("repository_has_card", [False, True])
+def test_push_to_hub_uploads_code_auto_map_and_card(released, monkeypatch, repository_has_card):
+    model, _ = released
+    uploaded = mock_hub(monkeypatch, repository_has_card)
+    result = model.push_to_hub("someone/vargpt-tiny", tags=["demo"], private=True, commit_message="first")
+    assert result == "https://hub.example/commit"
+
+    expected_repo = {"repo_id": "someone/vargpt-tiny", "private": True, "token": None, "exist_ok": True}
+    assert uploaded["create_repo"] == expected_repo
+    assert uploaded["upload_kwargs"]["commit_message"] == "first" and uploaded["upload_kwargs"]["create_pr"] is False
     files = uploaded["files"]
     assert uploaded["repo_id"] == "someone/vargpt-tiny"
-    assert CODE_FILES - {"processing_vargpt.py"} <= set(files) and "model.safetensors" in files
+    assert CODE_FILES - {"processing_vargpt.py", "image_processing_vargpt.py"} <= set(files)
+    assert "model.safetensors" in files
     assert "AutoModelForImageTextToText" in json.loads(files["config.json"])["auto_map"]
     card = ModelCard(files["README.md"].decode())
     if repository_has_card:  # the repository's own card is kept, only tagged
@@ -201,6 +215,26 @@ def test_push_to_hub_uploads_code_auto_map_and_card(released, monkeypatch, repos
         assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
         assert card.data.tags == ["vargpt", "var", "llava", "text-to-image", "multimodal", "demo"]
         assert 'from_pretrained("someone/vargpt-tiny"' in card.text
+        assert "pip install transformers-vargpt" not in card.text and "not published on PyPI" in card.text
+
+
+def test_save_pretrained_push_to_hub_keeps_the_card(released, monkeypatch, tmp_path):
+    """`save_pretrained(push_to_hub=True)` uploads the saved directory with this package's card, not a template."""
+    model, _ = released
+    uploaded = mock_hub(monkeypatch, repository_has_card=False)
+    model.save_pretrained(tmp_path / "vargpt-tiny", push_to_hub=True, commit_message="save and push")
+    assert uploaded["repo_id"] == "vargpt-tiny" and uploaded["upload_kwargs"]["commit_message"] == "save and push"
+    card = ModelCard(uploaded["files"]["README.md"].decode())
+    assert card.data.tags == ["vargpt", "var", "llava", "text-to-image", "multimodal"]
+    assert 'from_pretrained("vargpt-tiny"' in card.text
+    assert (tmp_path / "vargpt-tiny" / "README.md").read_bytes() == uploaded["files"]["README.md"]
+
+    # a hand-written card in the directory is what the upload carries
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("---\nlicense: mit\n---\n# my own notes\n")
+    model.save_pretrained(tmp_path / "mine", push_to_hub=True, repo_id="someone/mine")
+    assert uploaded["repo_id"] == "someone/mine"
+    assert "# my own notes" in uploaded["files"]["README.md"].decode()
 
 
 def test_processor_save_carries_its_code(released, tmp_path):

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData, create_repo
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
 from transformers.utils import logging
 
@@ -46,11 +46,12 @@ decoded by a multi-scale VQVAE.
 
 ## Use
 
-With the package installed (`pip install transformers-vargpt`):
+With the `transformers_vargpt` package installed (it is not published on PyPI: install it from a checkout of its
+source repository, `pip install path/to/transformers-vargpt`):
 
 ```python
 import torch
-import transformers_vargpt  # registers VARGPT with the transformers Auto classes and pipelines
+import transformers_vargpt  # registers VARGPT with the transformers Auto classes
 from transformers_vargpt.pipeline_vargpt import VargptPipeline
 
 pipe = VargptPipeline.from_pretrained("{repo}")
@@ -115,12 +116,50 @@ def write_model_card(save_directory: str | os.PathLike, config, name_or_path: st
 
 
 class VargptHubMixin:
-    """Adds the model card to `save_pretrained` and keeps it in `push_to_hub` (mixed into `VargptPreTrainedModel`)."""
+    """Adds the model card to `save_pretrained` and keeps it in `push_to_hub` (mixed into `VargptPreTrainedModel`).
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
+    transformers' own upload writes a blank template card over the saved one when the repository has none; here the
+    upload goes through `huggingface_hub`'s public `HfApi.upload_folder` with the card chosen by [`card_for_upload`].
+    """
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
+        token: str | bool | None = None,
+        save_peft_format: bool = True,
+        save_original_format: bool = True,
+        distributed_checkpoint: bool = False,
+        **kwargs,
+    ):
+        """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) unless a hand-written one is there.
+
+        With `push_to_hub=True` the directory is then uploaded as [`push_to_hub`] uploads (same keyword arguments
+        as transformers': `repo_id` (defaults to the directory's name), `commit_message`, `create_pr`, `private`).
+        """
+        hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "create_pr", "private") if key in kwargs}
+        repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+        result = super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            state_dict=state_dict,
+            push_to_hub=False,
+            max_shard_size=max_shard_size,
+            variant=variant,
+            token=token,
+            save_peft_format=save_peft_format,
+            save_original_format=save_original_format,
+            distributed_checkpoint=distributed_checkpoint,
+            **kwargs,
+        )
+        if is_main_process:
             write_model_card(save_directory, self.config, getattr(self, "name_or_path", None))
+            if push_to_hub:
+                self._upload_folder(save_directory, repo_id, token=token, **hub_kwargs)
         return result
 
     def push_to_hub(
@@ -135,32 +174,75 @@ class VargptHubMixin:
         create_pr: bool = False,
         max_shard_size: int | str | None = "50GB",
         tags: list[str] | None = None,
-    ) -> str:
+    ):
         """Upload weights, config (with `auto_map`), code files and model card to the Hub repository `repo_id`.
 
-        As transformers' `push_to_hub`, except that a repository without a card gets this package's card (with its
-        metadata) instead of a blank template; a repository that has a card keeps it. `tags` are added to the card.
+        Same arguments and return value (the commit's `CommitInfo`) as transformers' `push_to_hub`, except that a
+        repository without a card gets this package's card (with its metadata) instead of a blank template; a
+        repository that has a card keeps it. `tags` (and the model's `model_tags`) are added to the card.
         """
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        try:
-            existing_card = ModelCard.load(repo_id, token=token)
-        except EntryNotFoundError:
-            existing_card = None
         with tempfile.TemporaryDirectory() as work_dir:
             self.save_pretrained(work_dir, max_shard_size=max_shard_size)
-            card = existing_card or build_model_card(self.config, getattr(self, "name_or_path", None), repo_id)
-            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(tags or [])]))
-            card.save(os.path.join(work_dir, "README.md"))
-            return self._upload_modified_files(
+            return self._upload_folder(
                 work_dir,
                 repo_id,
-                files_timestamps={},
                 commit_message=commit_message,
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
                 commit_description=commit_description,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                tags=tags,
             )
 
+    def _upload_folder(
+        self,
+        folder: str | os.PathLike,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        tags: list[str] | None = None,
+    ):
+        """Create the repository if needed, put the card for the upload into `folder`, upload `folder` (one commit)."""
+        api = HfApi()
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        card = card_for_upload(self.config, folder, repo_id, token, getattr(self, "name_or_path", None))
+        card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(self.model_tags or []), *(tags or [])]))
+        card.save(os.path.join(folder, "README.md"))
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message or "Upload model",
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
 
-__all__ = ["VargptHubMixin", "build_model_card", "write_model_card", "MODEL_CARD_TAGS", "RELEASED_REPO_ID"]
+
+def card_for_upload(config, folder: str | os.PathLike, repo_id: str, token, name_or_path: str | None) -> ModelCard:
+    """The card an upload carries: the repository's own if it has one, else a hand-written `README.md` in `folder`,
+    else this package's card for `repo_id`."""
+    try:
+        return ModelCard.load(repo_id, token=token)
+    except EntryNotFoundError:
+        pass
+    local = Path(folder) / "README.md"
+    if local.is_file() and GENERATED_CARD_MARKER not in (text := local.read_text(encoding="utf-8")):
+        return ModelCard(text)
+    return build_model_card(config, name_or_path, repo_id)
+
+
+__all__ = [
+    "VargptHubMixin",
+    "build_model_card",
+    "card_for_upload",
+    "write_model_card",
+    "MODEL_CARD_TAGS",
+    "RELEASED_REPO_ID",
+]
