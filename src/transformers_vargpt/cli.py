@@ -1,5 +1,5 @@
-"""Command-line entry points: `vargpt-demo` (draw and read an image end to end) and `vargpt-train` (fine-tune one of
-the three VARGPT training stages with TRL, optionally with LoRA)."""
+"""Command-line entry points: `python -m transformers_vargpt.cli` (`make demo`: draw and read an image end to end) and
+`vargpt-train` (fine-tune one of the three VARGPT training stages with TRL, optionally with LoRA)."""
 
 from __future__ import annotations
 

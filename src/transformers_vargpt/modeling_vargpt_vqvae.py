@@ -33,7 +33,7 @@ class VQResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Without autograd the activations are updated in place: at 256² one fresh 16 MiB tensor less per op, and
-        # on CPU fresh memory costs page faults that made SiLU and the residual add ~3x slower than the math.
+        # on CPU fresh memory costs page faults that slow these memory-bound ops down (BENCHMARKS.md, Findings).
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
@@ -330,8 +330,8 @@ class VargptVQVAE(PreTrainedModel):
 
         images_per_call: how many images go through the decoder at once. Default: one at a time on CPU, where the
         activations of a single 256² image (16 MiB each) already saturate the convolutions and bigger batches only
-        add memory traffic (batch 8 decoded whole took 0.47 s per image, one by one 0.36 s); the whole batch on
-        accelerators, which need the parallelism.
+        add memory traffic (measured in BENCHMARKS.md, Findings); the whole batch on accelerators, which need the
+        parallelism.
         """
         if f_hat.ndim != 4:
             raise ValueError(f"f_hat must be B x Cvae x S x S, got shape {tuple(f_hat.shape)}")
@@ -339,7 +339,7 @@ class VargptVQVAE(PreTrainedModel):
             images_per_call = 1 if f_hat.device.type == "cpu" else f_hat.shape[0]
         if isinstance(images_per_call, bool) or not isinstance(images_per_call, int) or images_per_call < 1:
             raise ValueError(f"images_per_call must be an integer >= 1, got {images_per_call!r}")
-        # channels-last activations let oneDNN run the decoder's convolutions ~10% faster on CPU
+        # channels-last activations let oneDNN run the decoder's convolutions faster on CPU (BENCHMARKS.md)
         f_hat = f_hat.to(self.dtype).contiguous(memory_format=torch.channels_last)
         images = [
             self.decoder(self.post_quant_conv(chunk)).clamp(-1, 1).contiguous()
