@@ -16,7 +16,7 @@ import random
 import torch
 from PIL import Image
 
-from transformers_vargpt.training import VargptDataCollator, freeze_for_stage
+from transformers_vargpt.training import VICUNA_SYSTEM_MESSAGE, VargptDataCollator, freeze_for_stage
 from transformers_vargpt.training.synthetic import COLORS, SHAPES, draw_shape
 
 from .timing import measure
@@ -50,7 +50,8 @@ def stage_batch(processor, stage: int, batch_size: int, seed: int = 0) -> dict[s
         example(kinds[i % len(kinds)], rng, processor.image_gen_size, processor.image_processor.crop_size["height"])
         for i in range(batch_size)
     ]
-    return VargptDataCollator(processor, max_length=2048)(examples)
+    # the released recipe's system line keeps the measured shapes those of the recorded runs (seq 729)
+    return VargptDataCollator(processor, max_length=2048, system_message=VICUNA_SYSTEM_MESSAGE)(examples)
 
 
 def train_step(model, optimizer, batch) -> float:

@@ -22,16 +22,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from transformers import TrainerCallback  # noqa: E402
 
 from transformers_vargpt import VargptForConditionalGeneration  # noqa: E402
-from transformers_vargpt.cli import VargptScriptArguments, build_trainer, train_main  # noqa: E402
-from transformers_vargpt.tiny_models import build_tiny_vargpt  # noqa: E402
+from transformers_vargpt.tiny_models import VICUNA_CHAT_TEMPLATE, build_tiny_vargpt  # noqa: E402
 from transformers_vargpt.training import (  # noqa: E402
     STAGE_TRAINABLE_MODULES,
+    VICUNA_SYSTEM_MESSAGE,
     VargptDataCollator,
     VargptSFTConfig,
     freeze_for_stage,
     load_vargpt_dataset,
     lora_config_for_stage,
 )
+from transformers_vargpt.training.cli import VargptScriptArguments, build_trainer, train_main  # noqa: E402
 from transformers_vargpt.training.synthetic import draw_shape, write_shapes_dataset  # noqa: E402
 
 OFFICIAL_STATE_DICT_JSON = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / (
@@ -188,10 +189,14 @@ def test_collator_supervises_only_assistant_tokens(tiny):
     expected = ids("a red circle .") + [eos] + ids("here is a blue square .") + [start, end, eos]
     assert labels[0][labels[0] != -100].tolist() == expected
     assert labels[1][labels[1] != -100].tolist() == ids("the sky is blue .") + [eos]
-    # the prompt is Vicuna's, with the system line
+    # no system line unless asked for, as at inference
     text = tokenizer.decode(input_ids[1][attention[1].bool()])
+    assert text.startswith("<s> user : what color is the sky? assistant : the sky")
+    vicuna = VargptDataCollator(processor, system_message=VICUNA_SYSTEM_MESSAGE)([TEXT_ONLY])
+    text = tokenizer.decode(vicuna["input_ids"][0])
     assert text.startswith("<s> a <unk> <unk> a <unk> user")  # "A chat between a curious user ..."
     assert "user : what color is the sky? assistant : the sky" in text
+    assert vicuna["labels"][0][vicuna["labels"][0] != -100].tolist() == ids("the sky is blue .") + [eos]
     # image tokens and image-generation pads are never text targets; right padding is ignored
     image_tokens = input_ids == processor.image_token_id
     gen_pads = input_ids == processor.image_gen_pad_token_id
@@ -201,12 +206,96 @@ def test_collator_supervises_only_assistant_tokens(tiny):
     assert (labels[attention == 0] == -100).all()
     assert (input_ids[attention == 0] == tokenizer.pad_token_id).all()
     assert (labels[:, 0] == -100).all() and input_ids[0, 0] == tokenizer.bos_token_id
-    # a conversation's own system turn replaces Vicuna's line and is never a target
+    # a conversation's own system turn is kept (and wins over the collator's) and is never a target
     own_system = {**TEXT_ONLY, "messages": [{"role": "system", "content": "you draw ."}, *TEXT_ONLY["messages"]]}
-    batch = collator([own_system])
-    text = tokenizer.decode(batch["input_ids"][0])
-    assert text.startswith("<s> you draw. user : what color")
-    assert batch["labels"][0][batch["labels"][0] != -100].tolist() == ids("the sky is blue .") + [eos]
+    for system_message in (None, VICUNA_SYSTEM_MESSAGE):
+        batch = VargptDataCollator(processor, system_message=system_message)([own_system])
+        text = tokenizer.decode(batch["input_ids"][0])
+        assert text.startswith("<s> you draw. user : what color")
+        assert batch["labels"][0][batch["labels"][0] != -100].tolist() == ids("the sky is blue .") + [eos]
+
+
+def _first_targets(labels: torch.Tensor) -> list[int]:
+    """Positions where a run of text targets starts (the first token of each answer)."""
+    supervised = (labels != -100).tolist()
+    return [i for i, flag in enumerate(supervised) if flag and (i == 0 or not supervised[i - 1])]
+
+
+@pytest.fixture(scope="module")
+def released_processor():
+    """The released-layout tiny checkpoint's processor (a Llama-style tokenizer), with the package's template."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" /
+                                              "vargpt-original-tiny")  # fmt: skip
+    processor.chat_template = VICUNA_CHAT_TEMPLATE
+    return processor
+
+
+@pytest.mark.parametrize("which", ["tiny", "released"])
+def test_training_prompt_is_the_inference_prompt(which, tiny, released_processor):
+    """Token for token, the prompt part of a training sample is what inference feeds the model for the same
+    conversation: `apply_chat_template(..., add_generation_prompt=True)` to answer, `build_text_to_image_prompt`
+    (ending with `<|image_gen_start|>`) to draw."""
+    processor = tiny[1] if which == "tiny" else released_processor
+    picture = draw_shape("circle", "red")
+    conversation = {
+        "messages": [
+            {"role": "user", "content": "<image>\nwhat shape is this ?"},
+            {"role": "assistant", "content": "a red circle ."},
+            {"role": "user", "content": "and its color ?"},
+            {"role": "assistant", "content": "red ."},
+        ],
+        "images": [picture],
+    }
+    batch = VargptDataCollator(processor, max_length=None)([conversation])
+    input_ids, labels = batch["input_ids"][0], batch["labels"][0]
+    first, second = _first_targets(labels)
+    history = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is this ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a red circle ."}]},
+        {"role": "user", "content": [{"type": "text", "text": "and its color ?"}]},
+    ]
+    for end, turns in ((first, history[:1]), (second, history)):
+        prompt = processor.apply_chat_template(turns, add_generation_prompt=True)
+        expected = processor(images=picture, text=prompt, return_tensors="pt")["input_ids"][0]
+        assert input_ids[:end].tolist() == expected.tolist()
+    eos = processor.tokenizer.eos_token_id
+    supervised = (labels != -100).tolist()
+    run_ends = [i for i, flag in enumerate(supervised) if flag and (i + 1 == len(supervised) or not supervised[i + 1])]
+    assert len(run_ends) == 2 and all(labels[i] == eos for i in run_ends)  # each answer ends with eos, a target
+
+    drawing = {
+        "messages": [
+            {"role": "user", "content": "please draw a red star ."},
+            {"role": "assistant", "content": "<image_gen>"},
+        ],
+        "images": [draw_shape("triangle", "red")],
+    }
+    batch = VargptDataCollator(processor, max_length=None)([drawing])
+    input_ids, labels = batch["input_ids"][0], batch["labels"][0]
+    first = _first_targets(labels)[0]
+    expected = processor(text="please draw a red star .", generation_mode="image", return_tensors="pt")["input_ids"][0]
+    assert expected[-1] == processor.image_gen_start_token_id
+    assert input_ids[: first + 1].tolist() == expected.tolist()  # the prompt, then <|image_gen_start|> as its target
+    assert labels[first] == processor.image_gen_start_token_id
+    assert labels[labels != -100].tolist() == [processor.image_gen_start_token_id, processor.image_gen_end_token_id, eos]
+
+
+def test_collator_appends_eos_when_the_template_has_none(released_processor):
+    """The released chat template ends assistant turns with a space, not eos: the answer still ends with eos."""
+    import copy
+
+    from transformers import AutoProcessor
+
+    released = AutoProcessor.from_pretrained(Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" /
+                                             "vargpt-original-tiny")  # fmt: skip
+    assert "eos_token" not in released.chat_template
+    batch = VargptDataCollator(released)([copy.deepcopy(TEXT_ONLY)])
+    ours = VargptDataCollator(released_processor)([copy.deepcopy(TEXT_ONLY)])
+    assert batch["input_ids"].tolist() == ours["input_ids"].tolist()
+    assert batch["labels"].tolist() == ours["labels"].tolist()
+    assert batch["labels"][0, -1] == released.tokenizer.eos_token_id
 
 
 def test_collator_truncation_never_splits_image_blocks(tiny):
@@ -268,6 +357,48 @@ def test_mixed_batch_through_the_model(tiny):
         model.eval()
     assert torch.isfinite(outputs.loss) and torch.isfinite(outputs.text_loss) and torch.isfinite(outputs.image_loss)
     assert torch.allclose(outputs.loss, outputs.text_loss + outputs.image_loss)
+
+
+def test_forward_normalises_by_num_items_in_batch(tiny):
+    """Parts of a batch, each divided by the whole batch's counts, add up to the whole batch's losses: what gradient
+    accumulation and data parallelism rely on (transformers' Trainer passes the counts as `num_items_in_batch`)."""
+    model, processor = tiny
+    drawing = {
+        "messages": [
+            {"role": "user", "content": "please draw a green triangle ."},
+            {"role": "assistant", "content": "<image_gen>"},
+        ],
+        "images": [draw_shape("triangle", "green")],
+    }
+    collator = VargptDataCollator(processor)
+    examples = [UNDERSTAND_AND_DRAW, TEXT_ONLY, drawing]
+    whole = collator(examples)
+    parts = [collator(examples[:2]), collator(examples[2:])]
+    counts = {
+        "text": sum(int((part["labels"][:, 1:] != -100).sum()) for part in parts),
+        "image": sum(int((part["input_ids"] == processor.image_gen_pad_token_id).sum()) for part in parts),
+    }
+    assert counts["image"] == 2 * processor.num_image_gen_tokens
+    with torch.no_grad():
+        full = model(**whole)
+        split = [model(**part, num_items_in_batch=counts) for part in parts]
+        text_only_count = model(**parts[0], num_items_in_batch=torch.tensor(counts["text"]))
+        own = model(**parts[0])
+    torch.testing.assert_close(split[0].text_loss + split[1].text_loss, full.text_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split[0].image_loss + split[1].image_loss, full.image_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split[0].loss, split[0].text_loss + split[0].image_loss)
+    # a plain number counts the text targets; the image loss stays the batch's own mean
+    torch.testing.assert_close(text_only_count.text_loss, split[0].text_loss)
+    torch.testing.assert_close(text_only_count.image_loss, own.image_loss)
+    assert not torch.allclose(own.image_loss, split[0].image_loss)
+    with pytest.raises(ValueError, match="keys 'text' and 'image'"):
+        model(**whole, num_items_in_batch={"tokens": 3})
+
+
+def test_config_rejects_trl_data_preparation_options(tmp_path):
+    for option in ({"packing": True}, {"padding_free": True}, {"loss_type": "dft"}):
+        with pytest.raises(ValueError, match=next(iter(option))):
+            VargptSFTConfig(output_dir=str(tmp_path), **option)
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------------

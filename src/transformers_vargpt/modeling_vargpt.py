@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -361,6 +362,18 @@ class VargptModel(VargptPreTrainedModel):
         )
 
 
+def _loss_divisors(num_items_in_batch) -> tuple:
+    """(text divisor, image divisor) from `forward`'s `num_items_in_batch`; None means "this batch's own count"."""
+    if num_items_in_batch is None:
+        return None, None
+    if isinstance(num_items_in_batch, Mapping):
+        unknown = set(num_items_in_batch) - {"text", "image"}
+        if unknown:
+            raise ValueError(f"num_items_in_batch takes the keys 'text' and 'image', got {sorted(unknown)}")
+        return num_items_in_batch.get("text"), num_items_in_batch.get("image")
+    return num_items_in_batch, None
+
+
 class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
     """VARGPT with its text head: `forward`/`generate` for text, `generate_images` (or
     `generate(..., generation_mode="image")`) for next-scale image generation."""
@@ -412,8 +425,13 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         <|image_gen_end|>` blocks and `pixel_gen_values` (or `image_gen_tokens`) it also returns `image_logits` and
         the image loss. In train mode condition dropout and drop-path follow the config; in eval mode the same call is
         deterministic. `labels` are B×T (-100 = ignored); image pads are never text targets.
+
+        `num_items_in_batch` (what transformers' `Trainer` passes to normalise over a whole accumulated and/or
+        distributed batch) replaces this batch's own counts as the divisor of the summed losses: a number (int or
+        0-d tensor) counts the text targets, and the image loss stays this batch's mean; a mapping
+        `{"text": ..., "image": ...}` gives both counts (text targets, image codes to predict).
         """
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        text_count, image_count = _loss_divisors(kwargs.pop("num_items_in_batch", None))
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -434,11 +452,12 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
             pad_mask = input_ids == self.config.image_gen_pad_token_id
             pad_states = hidden_states[pad_mask].view(*outputs.image_gen_targets.shape, -1)
             image_logits = self.model.image_logits(pad_states, outputs.image_gen_condition)
-            image_loss = F.cross_entropy(
-                image_logits.float().flatten(0, 1), outputs.image_gen_targets.flatten().to(image_logits.device)
-            )
+            image_targets = outputs.image_gen_targets.flatten().to(image_logits.device)
+            image_total = F.cross_entropy(image_logits.float().flatten(0, 1), image_targets, reduction="sum")
+            image_count = image_targets.numel() if image_count is None else image_count
+            image_loss = image_total / torch.as_tensor(image_count, device=image_total.device).clamp(min=1)
         if labels is not None:
-            text_loss = self._text_loss(logits, labels, input_ids, keep, num_items_in_batch)
+            text_loss = self._text_loss(logits, labels, input_ids, keep, text_count)
         losses = [l for l in (text_loss, image_loss) if l is not None]
         return VargptCausalLMOutputWithPast(
             loss=sum(losses) if losses else None,

@@ -12,12 +12,18 @@ from transformers import PreTrainedTokenizerFast
 
 from .configuration_vargpt import VargptConfig
 
-# The released chat template (Vicuna / LLaVA-1.5): images first, then text, then "ASSISTANT:".
+# The chat template (Vicuna / LLaVA-1.5). User and system turns, and the generation prompt, render exactly as the
+# released template does (images first, then text, then "ASSISTANT:"). Assistant turns end with the eos token, so a
+# model trained on them learns to stop, and the space after "ASSISTANT:" belongs to the answer's first word: an answer
+# that starts with a drawing follows "ASSISTANT:" directly, as `VargptProcessor.build_text_to_image_prompt` prompts.
 VICUNA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}"
-    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
-    "{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' ' }}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ 'ASSISTANT:' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] if content['text'].startswith('<image_gen>') else ' ' + content['text'] }}{% endfor %}"
+    "{{ eos_token }}{% else %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
 SPECIAL_TOKENS = ["<image>", "<pad>", "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>"]

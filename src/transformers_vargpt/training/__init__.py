@@ -1,7 +1,8 @@
 """Training VARGPT with TRL: data formats, collator, stage presets and the SFT trainer.
 
 Needs the `train` extra (`pip install transformers-vargpt[train]`: peft, trl, accelerate, datasets, pyyaml).
-Command line: `vargpt-train` (see `transformers_vargpt.cli.train_main`), or `python -m transformers_vargpt.training`.
+Command line: `vargpt-train` (see `transformers_vargpt.training.cli.train_main`), or
+`python -m transformers_vargpt.training`.
 """
 
 from .collator import VICUNA_SYSTEM_MESSAGE, VargptDataCollator

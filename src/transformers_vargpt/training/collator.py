@@ -1,13 +1,15 @@
-"""Batches of VARGPT training examples: Vicuna prompts, assistant-only labels, images to read and images to draw.
+"""Batches of VARGPT training examples: chat-template prompts, answer-only labels, images to read and images to draw.
 
-An example (see `data.py`) is rendered with the Vicuna v1 template that VARGPT was trained with:
+An example (see `data.py`) is rendered with the processor's chat template, the one inference prompts with, so the
+tokens before each answer are exactly the prompt `processor.apply_chat_template(..., add_generation_prompt=True)`
+gives for the same conversation. With the package's template (`tiny_models.VICUNA_CHAT_TEMPLATE`):
 
-    "{system} USER: {user} ASSISTANT: {answer}</s>USER: {user} ASSISTANT: {answer}</s>"
+    "USER: {user} ASSISTANT: {answer}</s>USER: {user} ASSISTANT:<image_gen></s>"
 
-with `<image>` expanded to the vision tower's image tokens and `<image_gen>` to `<|image_gen_start|>`, one
-`<|image_gen_pad|>` per code of all scales and `<|image_gen_end|>`. Only the answers (the space after
-`ASSISTANT:` through `</s>`) are text targets; image tokens and image-generation pads never are (the pads are
-supervised by the image loss instead).
+`<image>` is expanded to the vision tower's image tokens and `<image_gen>` to `<|image_gen_start|>`, one
+`<|image_gen_pad|>` per code of all scales and `<|image_gen_end|>`. Only the answers (what the template renders for
+an assistant turn after the generation prompt, through the eos token) are text targets; image tokens and
+image-generation pads never are (the pads are supervised by the image loss instead).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from .data import IMAGE_MARKER, placeholder_kinds
 
 logger = logging.get_logger(__name__)
 
+# The system line of the released training recipe (Vicuna v1); not used unless asked for, as inference has none.
 VICUNA_SYSTEM_MESSAGE = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
     "and polite answers to the user's questions."
 )
-USER_ROLE, ASSISTANT_ROLE = "USER", "ASSISTANT"
 TRUNCATION_MODES = ("truncate", "skip")
 
 
@@ -37,14 +39,15 @@ class VargptDataCollator:
     """Turns normalised examples (`{"messages", "images"}`) into a right-padded training batch.
 
     Args:
-        processor ([`VargptProcessor`]): tokenizer (fast, with offsets), CLIP image processor and the
+        processor ([`VargptProcessor`]): chat template, tokenizer (fast, with offsets), CLIP image processor and the
             image-generation settings (`patch_nums`, `image_gen_size`).
         max_length (`int`, *optional*, defaults to 2048): longest sequence kept (the released cutoff); `None` keeps
             everything. Longer examples are cut before `max_length`, never inside an image's token block (the cut
             moves to the block's start and the block's image is dropped).
         truncation (`str`, defaults to `"truncate"`): `"truncate"` as above, or `"skip"` to drop over-long examples.
             Examples left without any target token are dropped in both modes; every drop is counted and logged.
-        system_message (`str`): the system line (Vicuna's); a conversation's own leading system turn replaces it.
+        system_message (`str`, *optional*): a system turn put before conversations that have none (default: none,
+            as at inference; `VICUNA_SYSTEM_MESSAGE` is the released recipe's). A conversation's own system turn wins.
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
 
     Returns (from `__call__`), for B examples kept out of the batch:
@@ -58,7 +61,7 @@ class VargptDataCollator:
         processor,
         max_length: int | None = 2048,
         truncation: str = "truncate",
-        system_message: str = VICUNA_SYSTEM_MESSAGE,
+        system_message: str | None = None,
         pad_to_multiple_of: int | None = None,
         ignore_index: int = -100,
     ):
@@ -66,10 +69,14 @@ class VargptDataCollator:
             raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
         if max_length is not None and max_length < 2:
             raise ValueError(f"max_length must be at least 2 (or None), got {max_length}")
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError("the processor has no chat_template; the collator renders conversations with it")
         self.processor = processor
         self.tokenizer = processor.tokenizer
         if not getattr(self.tokenizer, "is_fast", True):
             raise ValueError("VargptDataCollator needs a fast tokenizer (it reads token offsets to place the labels)")
+        if self.tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has no eos_token, which ends every answer (the model learns to stop)")
         self.max_length = max_length
         self.truncation = truncation
         self.system_message = system_message
@@ -83,33 +90,65 @@ class VargptDataCollator:
         self.num_image_gen_tokens = processor.num_image_gen_tokens
         self.num_truncated = 0
         self.num_skipped = 0
+        self._warned_no_eos = False
 
     # ---- one example --------------------------------------------------------------------------------------------
+    def _template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt)
+
     def render(self, messages: list[dict[str, str]], num_image_tokens: int) -> tuple[str, list[tuple[int, int]]]:
-        """The prompt text with image placeholders expanded, and the character spans of the answers (targets)."""
-        system = self.system_message
-        if messages and messages[0]["role"] == "system":
-            system, messages = messages[0]["content"], messages[1:]
+        """The conversation through its last answer as the chat template renders it, image placeholders expanded,
+        and the character spans of the answers (the targets).
+
+        An answer is what the template adds for an assistant turn after the prompt it gives for the turns before
+        with `add_generation_prompt=True`; so the text before each answer is the inference prompt. A template
+        that does not end assistant turns with the eos token gets it appended (trailing spaces dropped), so that the
+        model still learns to stop.
+        """
+        conversation = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+        if self.system_message and not (messages and messages[0]["role"] == "system"):
+            conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_message}]})
         image_text = self.processor.image_token * num_image_tokens
         gen_text = self.processor.image_gen_sequence
 
         def expand(content: str) -> str:
             return content.replace(IMAGE_MARKER, image_text).replace(IMAGE_GEN_MARKER, gen_text)
 
-        text = system + " " if system else ""
-        spans = []
-        for message in messages:
-            content = expand(message["content"])
-            if message["role"] == "assistant":
-                text += f"{ASSISTANT_ROLE}:"
-                start = len(text)
-                text += " " + content + self.eos_token  # the separator space belongs to the answer's first token
-                spans.append((start, len(text)))
-            elif message["role"] == "user":
-                text += f"{USER_ROLE}: {content} "
-            else:  # a system turn in mid-conversation: plain context
-                text += content + " "
-        return text, spans
+        text, rendered, spans = "", "", []
+        for index, message in enumerate(conversation):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._template(conversation[:index], add_generation_prompt=True)
+            through = self._template(conversation[: index + 1])
+            if not (prompt.startswith(rendered) and through.startswith(prompt)):
+                raise ValueError(
+                    "the chat template does not render a conversation as the continuation of its earlier turns and "
+                    "generation prompt; the collator cannot tell prompts from answers with it"
+                )
+            answer = through[len(prompt) :]
+            if not answer.endswith(self.eos_token):
+                self._warn_no_eos()
+                answer = answer.rstrip() + self.eos_token
+            text += expand(prompt[len(rendered) :])
+            answer = expand(answer)
+            spans.append((len(text), len(text) + len(answer)))
+            text += answer
+            rendered = through
+        # turns after the last answer (no target; they may still hold images) are rendered as plain context
+        full = self._template(conversation)
+        if not full.startswith(rendered):
+            raise ValueError("the chat template does not render a conversation as a continuation of its earlier turns")
+        return text + expand(full[len(rendered) :]), spans
+
+    def _warn_no_eos(self) -> None:
+        if not self._warned_no_eos:
+            self._warned_no_eos = True
+            logger.warning(
+                f"the processor's chat template does not end assistant turns with {self.eos_token!r}; the collator "
+                "appends it to every answer. Multi-turn prompts at inference then differ from training after the first "
+                "answer: use a template that ends assistant turns with eos (transformers_vargpt.tiny_models."
+                "VICUNA_CHAT_TEMPLATE)"
+            )
 
     def _image_blocks(self, input_ids: np.ndarray, token_id: int, block_length: int, pad: int) -> list[tuple[int, int]]:
         """(first, last) positions of each image's token block; `pad` extra tokens on each side (start/end)."""
@@ -156,6 +195,11 @@ class VargptDataCollator:
         starts, ends = offsets[:, 0], offsets[:, 1]
         supervised = np.zeros(len(input_ids), dtype=bool)
         for begin, end in spans:
+            if ((starts < begin) & (ends > begin)).any():
+                raise ValueError(
+                    f"a token spans the end of a prompt and the start of its answer in {text[:begin][-40:]!r} | "
+                    f"{text[begin:end][:40]!r}: the prompt would not tokenise as at inference"
+                )
             supervised |= (starts >= begin) & (starts < end) & (ends > starts)
         supervised &= (input_ids != self.image_token_id) & (input_ids != self.image_gen_pad_token_id)
         labels = np.where(supervised, input_ids, self.ignore_index)
@@ -236,4 +280,4 @@ def _is_power_of_two(count: int) -> bool:
     return count > 0 and count & (count - 1) == 0
 
 
-__all__ = ["VargptDataCollator", "VICUNA_SYSTEM_MESSAGE"]
+__all__ = ["VargptDataCollator", "VICUNA_SYSTEM_MESSAGE", "TRUNCATION_MODES"]

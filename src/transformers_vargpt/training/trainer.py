@@ -1,29 +1,46 @@
-"""`VargptSFTConfig` and `VargptSFTTrainer`: TRL's SFT trainer for the three VARGPT training stages.
+"""`VargptSFTConfig` and `VargptSFTTrainer`: supervised fine-tuning of the three VARGPT training stages.
 
-The trainer keeps TRL's loop and only changes what VARGPT needs: its own data preparation (the collator renders and
-tokenises raw conversations on the fly, so TRL's dataset preparation is skipped), the stage's frozen/trainable split,
-and a loss that is the sum of the text cross-entropy and the image-code cross-entropy, each normalised over the whole
-accumulated (and, with `average_tokens_across_devices`, global) batch, with `text_loss` and `image_loss` logged apart.
+The trainer is a [`transformers.Trainer`] with VARGPT's data path (the collator renders raw conversations with the
+chat template and tokenises them with their images on the fly), the stage's frozen/trainable split, optional LoRA,
+and metrics: `text_loss` and `image_loss` logged apart. The loss is the model's own (`text_loss + image_loss`), each
+term normalised over the whole accumulated and, with `average_tokens_across_devices`, global batch through
+`num_items_in_batch`, as transformers does for text models.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.utils import DistributedType
+from transformers import Trainer, set_seed
 from transformers.utils import logging
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 from ..modeling_vargpt import VargptForConditionalGeneration
-from .collator import TRUNCATION_MODES, VICUNA_SYSTEM_MESSAGE, VargptDataCollator
+from .collator import TRUNCATION_MODES, VargptDataCollator
 from .data import load_vargpt_dataset, to_vargpt_dataset
 from .stages import freeze_for_stage, lora_config_for_stage
 
 logger = logging.get_logger(__name__)
+
+# SFTConfig options that drive TRL's own data preparation and text-only loss, with the values that leave them off.
+_SFT_ONLY_OPTIONS = {
+    "packing": (False,),
+    "eval_packing": (None, False),
+    "padding_free": (False,),
+    "loss_type": ("nll",),
+    "completion_only_loss": (None,),
+    "truncation_mode": ("keep_start",),
+    "activation_offloading": (False,),
+    "eos_token": (None,),
+    "pad_token": (None,),
+    "router_aux_loss_coef": (None,),
+}
 
 
 def _has_accelerator() -> bool:
@@ -43,8 +60,12 @@ def _default_mixed_precision() -> tuple[bool, bool]:
 @dataclass
 class VargptSFTConfig(SFTConfig):
     r"""
-    Configuration of [`VargptSFTTrainer`]: every [`~trl.SFTConfig`] / [`~transformers.TrainingArguments`] option plus
+    Configuration of [`VargptSFTTrainer`]: the [`~transformers.TrainingArguments`] and [`~trl.SFTConfig`] options plus
     the VARGPT ones below. Defaults follow the released recipe (lr 5e-5, cosine, warmup 10 %, cutoff 2048 tokens).
+
+    Of the SFT options, `max_length`, `pad_to_multiple_of`, `model_init_kwargs` and `chat_template_path` (a Jinja
+    file) apply; labels are always the assistant answers. The others describe TRL's own data preparation and text-only
+    loss (packing, padding-free batches, DFT loss, ...), which VARGPT does not use: setting them is an error.
 
     Parameters:
         stage (`int`, *optional*):
@@ -56,7 +77,8 @@ class VargptSFTConfig(SFTConfig):
             What to do with examples longer than `max_length`: `"truncate"` (never inside an image's token block) or
             `"skip"`.
         system_message (`str`, *optional*):
-            System line of the prompt; defaults to Vicuna's, which VARGPT was trained with.
+            System turn put before conversations that have none. Default: none, as at inference (the released recipe
+            used `transformers_vargpt.training.VICUNA_SYSTEM_MESSAGE`).
         lora (`bool`, defaults to `False`):
             Train LoRA adapters (plus the stage's small `modules_to_save`) instead of the stage's full modules.
         lora_r (`int`, defaults to 16), lora_alpha (`int`, defaults to 32), lora_dropout (`float`, defaults to 0.05):
@@ -86,7 +108,8 @@ class VargptSFTConfig(SFTConfig):
                   "choices": list(TRUNCATION_MODES)},
     )
     system_message: str | None = field(
-        default=None, metadata={"help": "System line of the prompt (default: Vicuna's, as VARGPT was trained)."}
+        default=None,
+        metadata={"help": "System turn put before conversations without one (default: none, as at inference)."},
     )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the stage's full modules."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -134,16 +157,23 @@ class VargptSFTConfig(SFTConfig):
         if self.bf16 is None:
             self.bf16, fp16 = (False, False) if (self.use_cpu or self.fp16) else _default_mixed_precision()
             self.fp16 = self.fp16 or fp16
-        if self.dataset_kwargs is None:
-            self.dataset_kwargs = {"skip_prepare_dataset": True}
         if self.ddp_find_unused_parameters is None:
-            # every trainable parameter is tied into each step's loss (see VargptSFTTrainer.compute_loss)
+            # every trainable parameter takes part in each step's loss (see VargptSFTTrainer.compute_loss)
             self.ddp_find_unused_parameters = False
         if self.lora_modules_to_save is not None and [m.lower() for m in self.lora_modules_to_save] == ["none"]:
             self.lora_modules_to_save = []
         if self.stage is not None and int(self.stage) not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
         super().__post_init__()
+        unsupported = {
+            name: getattr(self, name)
+            for name, off in _SFT_ONLY_OPTIONS.items()
+            if hasattr(self, name) and getattr(self, name) not in off
+        }
+        if unsupported:
+            raise ValueError(
+                f"VargptSFTTrainer does not use TRL's data preparation or text-only loss; unset {unsupported}"
+            )
 
     def lora_config(self):
         """The `peft.LoraConfig` these settings describe (requires `stage` unless target modules are given)."""
@@ -195,24 +225,29 @@ def load_vargpt_model(model_name_or_path: str, model_init_kwargs: dict[str, Any]
     return VargptForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype, **kwargs)
 
 
-class VargptSFTTrainer(SFTTrainer):
-    """[`~trl.SFTTrainer`] for VARGPT.
+class VargptSFTTrainer(Trainer):
+    """Supervised fine-tuning of VARGPT: a [`~transformers.Trainer`] configured by [`VargptSFTConfig`].
+
+    Why not [`~trl.SFTTrainer`]: what it adds to `Trainer` is its dataset preparation (tokenising, packing,
+    completion masks) and a fused LM head that computes the text loss only. VARGPT needs neither: its collator renders
+    and tokenises conversations with images to read and to draw on the fly, and its loss adds the image-code
+    cross-entropy. The config still extends `SFTConfig`, so TRL's command line and config files work unchanged.
 
     Args:
-        model (`str` or [`VargptForConditionalGeneration`]): the model, or a path to load it from.
+        model (`str` or [`VargptForConditionalGeneration`] or `peft.PeftModel`): the model, or a path to load it from
+            (with `args.model_init_kwargs`; float32 unless they say otherwise).
         args ([`VargptSFTConfig`]): training settings (`stage`, `image_root`, LoRA, ...).
         train_dataset / eval_dataset: a `datasets.Dataset` in either released format (normalised here), or JSON /
             JSONL file path(s).
         processing_class ([`VargptProcessor`], *optional*): loaded from the model's path when not given.
-        data_collator (*optional*): defaults to [`VargptDataCollator`] with `args.max_length` and `args.truncation`.
+        data_collator (*optional*): defaults to [`VargptDataCollator`] with `args.max_length`, `args.truncation`,
+            `args.system_message` and `args.pad_to_multiple_of`.
         peft_config (`peft.PeftConfig`, *optional*): defaults to `args.lora_config()` when `args.lora` is set.
+        Other keyword arguments go to `Trainer`.
 
-    Logged next to `loss`: `text_loss` and `image_loss` (per-token means over the logging interval),
+    Logged next to `loss`: `text_loss` and `image_loss` (per-token means over the logging interval, all processes),
     `mean_token_accuracy` (text) and `num_tokens`.
     """
-
-    _tag_names = ["trl", "sft", "vargpt"]
-    _name = "VARGPT SFT"
 
     def __init__(
         self,
@@ -227,23 +262,35 @@ class VargptSFTTrainer(SFTTrainer):
     ):
         if args is None:
             args = VargptSFTConfig(output_dir="vargpt-sft")
+        elif not isinstance(args, VargptSFTConfig):
+            raise TypeError(f"args must be a VargptSFTConfig, got {type(args).__name__}")
+        set_seed(args.seed)  # before PEFT draws its adapter weights
         if isinstance(model, str):
             model_path = model
             model = load_vargpt_model(model, args.model_init_kwargs)
-            args.model_init_kwargs = None  # used here; TRL warns about it for an instantiated model
         else:
             model_path = getattr(model, "name_or_path", None)
+            if args.model_init_kwargs:
+                logger.warning("model_init_kwargs are ignored: the model is already loaded")
         if processing_class is None:
             from transformers import AutoProcessor
 
             if not model_path:
                 raise ValueError("pass processing_class (the VargptProcessor): the model has no path to load it from")
             processing_class = AutoProcessor.from_pretrained(model_path)
-        config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+        if args.chat_template_path is not None:
+            if not os.path.isfile(args.chat_template_path):
+                raise ValueError(f"chat_template_path must be a Jinja template file, got {args.chat_template_path!r}")
+            with open(args.chat_template_path, encoding="utf-8") as template:
+                processing_class.chat_template = template.read()
+        config = model.get_base_model().config if _is_peft(model) else model.config
         align_processor_with_config(processing_class, config)
 
         if train_dataset is not None:
             train_dataset = self._as_dataset(train_dataset, args)
+            if _is_iterable_dataset(train_dataset):
+                # batches hold a variable number of images: each process must collate its own
+                args.accelerator_config.dispatch_batches = False
         if isinstance(eval_dataset, dict):
             eval_dataset = {key: self._as_dataset(value, args) for key, value in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -253,12 +300,21 @@ class VargptSFTTrainer(SFTTrainer):
                 processing_class,
                 max_length=args.max_length,
                 truncation=args.truncation,
-                system_message=args.system_message or VICUNA_SYSTEM_MESSAGE,
+                system_message=args.system_message,
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
+
         if peft_config is None and args.lora:
             peft_config = args.lora_config()
-        if args.stage is not None and peft_config is None and not _is_peft(model):
+        if peft_config is not None:
+            if _is_peft(model):
+                raise ValueError("the model already has PEFT adapters; merge them or pass no peft_config")
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+        if _is_peft(model) and args.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need inputs that require grad
+        if args.stage is not None:
             freeze_for_stage(model, args.stage)
 
         super().__init__(
@@ -268,16 +324,18 @@ class VargptSFTTrainer(SFTTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            peft_config=peft_config,
             **kwargs,
         )
-        if args.stage is not None and _is_peft(self.model):
-            freeze_for_stage(self.model, args.stage)
+        if args.n_gpu > 1:
+            raise ValueError(
+                "VargptSFTTrainer does not support nn.DataParallel (several GPUs visible to one process): a batch's "
+                "images do not split by rows. Launch with `accelerate launch` or `torchrun`, or make one GPU visible."
+            )
         self.num_trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self._remove_fused_lm_head()
-        self._loss_normalizers: torch.Tensor | None = None
-        self._anchor_parameters: list[torch.nn.Parameter] | None = None
-        self._scaled_for_ga = False
+        self._image_gen_pad_token_id = config.image_gen_pad_token_id
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._total_train_tokens = 0
+        self._trainable_parameters: list[torch.nn.Parameter] | None = None
 
     @staticmethod
     def _as_dataset(data, args):
@@ -287,116 +345,102 @@ class VargptSFTTrainer(SFTTrainer):
             return to_vargpt_dataset(data, args.image_root)
         return load_vargpt_dataset(data, args.image_root)
 
-    def _remove_fused_lm_head(self) -> None:
-        """TRL patches `model.forward` with a fused LM head that returns text log-probabilities only; VARGPT's loss
-        needs its own forward (image logits), so the patch is undone and the class's forward is used."""
-        base = self.model.get_base_model() if _is_peft(self.model) else self.model
-        patched = base.__dict__.get("forward")
-        if patched is not None and getattr(patched, "__wrapped__", None) is type(base).forward:
-            del base.forward
-
-    # ---- loss ---------------------------------------------------------------------------------------------------
-    @property
-    def loss_is_scaled_for_ga(self) -> bool:
-        """Whether the last training loss was normalised over the accumulated batch (see `compute_loss`)."""
-        return self._scaled_for_ga
-
-    @staticmethod
-    def _local_counts(inputs: dict[str, Any]) -> torch.Tensor:
-        """[supervised text tokens, images to draw] of one micro-batch."""
-        labels = inputs["labels"]
-        num_images = 0
-        if inputs.get("pixel_gen_values") is not None:
-            num_images = inputs["pixel_gen_values"].shape[0]
-        elif inputs.get("image_gen_tokens") is not None:
-            num_images = inputs["image_gen_tokens"].shape[0]
-        return torch.stack([(labels[:, 1:] != -100).sum(), torch.tensor(num_images, device=labels.device)]).float()
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Also count the text targets and the images to draw of the whole accumulated batch (all processes when
-        `average_tokens_across_devices`), to normalise both losses over it."""
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+    # ---- loss normalisation ---------------------------------------------------------------------------------------
+    def loss_counts(self, batches: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
+        """`{"text": supervised text tokens, "image": image codes to predict}` over `batches` (and over all processes
+        when `average_tokens_across_devices`): the `num_items_in_batch` that the model divides its summed losses by."""
         counts = torch.zeros(2, device=device)
-        for batch in batch_samples:
+        for batch in batches:
             counts += self._local_counts(batch).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
-        self._loss_normalizers = counts if batch_samples else None
-        return batch_samples, num_items_in_batch
+        return {"text": counts[0], "image": counts[1]}
+
+    def _local_counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """[text targets, image codes] of one micro-batch, counted as the model counts them."""
+        labels, input_ids = batch["labels"], batch["input_ids"]
+        pads = input_ids == self._image_gen_pad_token_id
+        text = ((labels != -100) & ~pads)[:, 1:].sum()  # position t predicts label t + 1; pads are never text
+        drawn = batch.get("pixel_gen_values") is not None or batch.get("image_gen_tokens") is not None
+        image = pads.sum() if drawn else torch.zeros_like(text)
+        return torch.stack([text, image]).float()
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The accumulated micro-batches and their text and image counts (see `loss_counts`) as `num_items_in_batch`."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        return batch_samples, self.loss_counts(batch_samples, device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """`text_loss + image_loss`. In training each is a per-token mean over the accumulated batch (summed over
-        micro-batches and, like TRL's token loss, over processes); in evaluation, the micro-batch means."""
-        mode = "train" if self.model.training else "eval"
+        """`Trainer.compute_loss` (the model's `text_loss + image_loss`, normalised by `num_items_in_batch`), plus the
+        metrics. Training passes both counts (see `get_batch_samples`); evaluation counts its micro-batch here."""
+        training = model.training
+        if num_items_in_batch is not None and not isinstance(num_items_in_batch, Mapping):
+            num_items_in_batch = self.loss_counts([inputs], inputs["input_ids"].device)
         # The LM head only where a text target follows: not over the L pads of every image to draw.
-        target_positions = supervised_positions(inputs["labels"])
-        inputs = {**inputs, "use_cache": False, "logits_to_keep": target_positions}
-        outputs = model(**inputs)
-        local = self._local_counts(inputs)
-        text_loss = outputs.text_loss if outputs.text_loss is not None else outputs.logits.sum() * 0.0
-        image_loss = outputs.image_loss
-        text_sum = text_loss * local[0]
-        image_sum = image_loss * local[1] if image_loss is not None else None
-
-        normalizers = self._loss_normalizers if mode == "train" else None
-        self._scaled_for_ga = normalizers is not None
-        if normalizers is not None:
-            scale = 1
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                scale = self.accelerator.num_processes  # DDP averages gradients over processes
-            loss = text_sum / normalizers[0].clamp(min=1) * scale
-            if image_sum is not None:
-                loss = loss + image_sum / normalizers[1].clamp(min=1) * scale
-        else:
-            loss = text_loss + image_loss if image_loss is not None else text_loss
-        if mode == "train":
-            loss = self._anchor(model, loss)
-
-        with torch.no_grad():
-            labels = inputs["labels"][:, target_positions + 1]
-            mask = labels != -100
-            correct = ((outputs.logits.argmax(-1) == labels) & mask).sum()
-            stats = torch.stack(
-                [
-                    text_sum.detach().float(),
-                    local[0],
-                    image_sum.detach().float() if image_sum is not None else local.new_zeros(()),
-                    local[1],
-                    correct.float(),
-                    inputs["attention_mask"].sum().float(),
-                ]
-            )
-            stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0).tolist()
-        text_total, text_count, image_total, image_count, correct_total, tokens = stats
-        if text_count > 0:
-            self._metrics[mode]["text_loss"].append(text_total / text_count)
-            self._metrics[mode]["mean_token_accuracy"].append(correct_total / text_count)
-        if image_count > 0:
-            self._metrics[mode]["image_loss"].append(image_total / image_count)
-        if mode == "train":
-            self._total_train_tokens += int(tokens)
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        if "labels" in inputs:
+            inputs = {**inputs, "logits_to_keep": supervised_positions(inputs["labels"])}
+        inputs = {**inputs, "use_cache": False}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if training:
+            loss = loss + self._zero_gradient_anchor(model)
+        if "labels" in inputs:
+            self._record_metrics("train" if training else "eval", inputs, outputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
-    def _anchor(self, model, loss: torch.Tensor) -> torch.Tensor:
-        """Add 0 × one element of every trainable parameter, so each gets a (zero) gradient on every step.
+    def _zero_gradient_anchor(self, model) -> torch.Tensor | float:
+        """0 × one element of every trainable parameter: their exact gradient (zero) where the batch does not reach
+        them, so that every process gives DDP (run without `find_unused_parameters`) a gradient for each parameter.
 
-        A micro-batch can leave the stage's modules out of the graph (a text-only batch in stages 1 and 3): without
-        this, backward fails on a loss with no graph, and DDP (run with `find_unused_parameters=False`) would wait
-        for gradients that never come. Skipped under DeepSpeed / FSDP, which shard parameters, and when DDP looks
-        for unused parameters itself.
+        A micro-batch can leave all of a stage's modules out of the graph (a text-only batch in stages 1 and 3);
+        without this, backward fails on a loss with no graph, and the other DDP processes wait for it. Not done under
+        DeepSpeed / FSDP, whose sharded parameters cannot be read outside their forward: there every trainable module
+        must run on every step (issue 16).
         """
-        distributed = self.accelerator.distributed_type
-        if distributed in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return loss
-        if self.args.ddp_find_unused_parameters and self.accelerator.num_processes > 1:
-            return loss
-        if self._anchor_parameters is None:
-            self._anchor_parameters = [p for p in model.parameters() if p.requires_grad]
-        if not self._anchor_parameters:
-            return loss
-        anchor = sum(p.reshape(-1)[:1].float().sum() for p in self._anchor_parameters)
-        return loss + anchor * 0.0
+        if self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return 0.0
+        if self._trainable_parameters is None:
+            self._trainable_parameters = [p for p in model.parameters() if p.requires_grad]
+        if not self._trainable_parameters:
+            return 0.0
+        return sum(p.reshape(-1)[:1].float().sum() for p in self._trainable_parameters) * 0.0
+
+    # ---- metrics --------------------------------------------------------------------------------------------------
+    def _record_metrics(self, mode: str, inputs, outputs, num_items_in_batch) -> None:
+        """Add this micro-batch's summed text and image losses, counts, correct tokens and tokens (all processes)."""
+        local = self._local_counts(inputs).to(outputs.logits.device)
+        divisors = local
+        if num_items_in_batch is not None:
+            divisors = torch.stack([torch.as_tensor(num_items_in_batch[key]).to(local) for key in ("text", "image")])
+        with torch.no_grad():
+            zero = local.new_zeros(())
+            # the model divided each summed loss by its divisor (at least 1): undo that to add sums over steps
+            text_sum = zero if outputs.text_loss is None else outputs.text_loss.detach() * divisors[0].clamp(min=1)
+            image_sum = zero if outputs.image_loss is None else outputs.image_loss.detach() * divisors[1].clamp(min=1)
+            labels = inputs["labels"][:, inputs["logits_to_keep"] + 1]
+            correct = ((outputs.logits.argmax(-1) == labels) & (labels != -100)).sum().float()
+            stats = torch.stack(
+                [text_sum, local[0], image_sum, local[1], correct, inputs["attention_mask"].sum().float()]
+            )
+            stats = self.accelerator.gather(stats.unsqueeze(0)).sum(0)
+        self._metric_sums[mode] = self._metric_sums.get(mode, 0) + stats
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `text_loss`, `image_loss`, `mean_token_accuracy` (means over the interval) and `num_tokens`."""
+        mode = "train" if self.model.training else "eval"
+        sums = self._metric_sums.pop(mode, None)
+        prefix = "eval_" if mode == "eval" else ""
+        if sums is not None:
+            text_sum, text_count, image_sum, image_count, correct, tokens = sums.tolist()
+            if text_count > 0:
+                logs[f"{prefix}text_loss"] = text_sum / text_count
+                logs[f"{prefix}mean_token_accuracy"] = correct / text_count
+            if image_count > 0:
+                logs[f"{prefix}image_loss"] = image_sum / image_count
+            if mode == "train":
+                self._total_train_tokens += int(tokens)
+        if mode == "train":
+            logs["num_tokens"] = self._total_train_tokens
+        super().log(logs, start_time)
 
 
 def supervised_positions(labels: torch.Tensor) -> torch.LongTensor:
@@ -410,6 +454,12 @@ def _is_peft(model) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(model, PeftModel)
+
+
+def _is_iterable_dataset(dataset) -> bool:
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
 
 
 __all__ = ["VargptSFTConfig", "VargptSFTTrainer", "align_processor_with_config", "load_vargpt_model"]
