@@ -279,7 +279,8 @@ def test_training_prompt_is_the_inference_prompt(which, tiny, released_processor
     assert expected[-1] == processor.image_gen_start_token_id
     assert input_ids[: first + 1].tolist() == expected.tolist()  # the prompt, then <|image_gen_start|> as its target
     assert labels[first] == processor.image_gen_start_token_id
-    assert labels[labels != -100].tolist() == [processor.image_gen_start_token_id, processor.image_gen_end_token_id, eos]
+    start, end = processor.image_gen_start_token_id, processor.image_gen_end_token_id
+    assert labels[labels != -100].tolist() == [start, end, eos]
 
 
 def test_collator_appends_eos_when_the_template_has_none(released_processor):
