@@ -605,7 +605,7 @@ def test_two_processes_give_the_same_loss_curve(workdir, tmp_path):
     common = ("--max_steps", "4", "--learning_rate", "3e-3", "--gradient_checkpointing", "false")
     train_main(_train_args(workdir, 3, single, "data12", *common, "--per_device_train_batch_size", "4"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
                "-m", "transformers_vargpt.training",
                *_train_args(workdir, 3, double, "data12", *common, "--per_device_train_batch_size", "2")]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
