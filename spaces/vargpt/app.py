@@ -165,10 +165,11 @@ def build_demo(space: VargptSpaceModel, model_name: str, concurrency: int) -> gr
     def pick_seed(seed: float, randomize: bool) -> int:
         return random.randint(0, limits.max_seed) if randomize else int(seed)
 
+    shown_name = Path(model_name).name if os.path.isdir(model_name) else model_name  # a Hub id, or a folder's name
     with gr.Blocks(title="VARGPT") as demo:
         gr.Markdown(
             "# VARGPT: read and draw images with one model\n"
-            f"Model `{model_name}` on `{space.device}` ({str(space.model.dtype).removeprefix('torch.')}). "
+            f"Model `{shown_name}` on `{space.device}` ({str(space.model.dtype).removeprefix('torch.')}). "
             "**Chat**: upload an image and ask about it. **Draw**: describe a picture and watch it sharpen scale by "
             f"scale ({space.num_scales} scales, coarse to fine)."
         )

@@ -47,7 +47,12 @@ def resolve_default_model() -> str:
     if os.environ.get("SPACE_ID"):
         return RELEASED_MODEL
     bundled = getattr(transformers_vargpt, "BUNDLED_MODEL", None)
-    if bundled is not None and os.path.isdir(bundled):
+    if bundled is not None:
+        if not os.path.isdir(bundled):
+            raise ModelNotFoundError(
+                f"the bundled model directory {os.fspath(bundled)!r} is missing from this installation; reinstall "
+                "transformers-vargpt, or pass --model with a model directory or a Hub id"
+            )
         return os.fspath(bundled)
     raise ModelNotFoundError(
         "no model to serve: this installation of transformers-vargpt has no bundled model. Pass --model with a "
