@@ -360,7 +360,7 @@ def test_browser_chat_and_draw(browser_page, screenshot_dir):
     page.evaluate(RECORD_TEXTS, ["#chatbot [data-testid=bot]", "answers"])
     page.locator("#chat-input input[type=file]").set_input_files(EXAMPLE_IMAGE)
     page.wait_for_selector("#chat-input img")  # the upload's thumbnail
-    page.locator("#chat-input textarea").fill("What color is the shape in this picture?")
+    page.locator("#chat-input textarea").fill("What shape is in the image?")
     page.locator("#chat-input [data-testid=submit-button]").click()
     page.wait_for_selector("#chatbot [data-testid=user] img")  # the question shows with its image
     # finished: an answer is shown and the input box, disabled while the answer streams, is enabled again
@@ -373,7 +373,7 @@ def test_browser_chat_and_draw(browser_page, screenshot_dir):
     # Draw: the preview goes through the scales, then the gallery shows the image
     page.get_by_role("tab", name="Draw").click()
     page.evaluate(RECORD_TEXTS, ["#draw-preview [data-testid=block-label]", "scales"])
-    page.locator("#draw-prompt textarea").fill("a red circle")
+    page.locator("#draw-prompt textarea").fill("Draw a red circle on a white background.")
     page.locator("#draw-button").click()
     page.wait_for_selector("#draw-gallery img")
     scales = [label for label in page.evaluate("() => window.scales") if label.startswith("Scale")]

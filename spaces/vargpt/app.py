@@ -43,11 +43,18 @@ logger = logging.getLogger("vargpt_space")
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE_IMAGES = HERE / "examples"
-# The bundled model was trained on simple coloured shapes: these prompts draw something recognisable with it.
-DRAW_EXAMPLES = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+# The bundled model learnt the shapes world (transformers_vargpt.shapes_world): one circle, square or triangle of a
+# palette colour on a plain background, drawn and asked about in these phrasings. They suit the released model too.
+DRAW_EXAMPLES = [
+    "Draw a red circle on a white background.",
+    "Draw a blue square on a yellow background.",
+    "Draw a green triangle on a white background.",
+    "Draw a purple square on a white background.",
+]
 CHAT_EXAMPLES = [
-    {"text": "What color is the shape in this picture?", "files": [str(EXAMPLE_IMAGES / "red_circle.png")]},
-    {"text": "Describe this picture.", "files": [str(EXAMPLE_IMAGES / "blue_square.png")]},
+    {"text": "What shape is in the image?", "files": [str(EXAMPLE_IMAGES / "red_circle.png")]},
+    {"text": "What color is the shape?", "files": [str(EXAMPLE_IMAGES / "blue_square.png")]},
+    {"text": "Describe the image.", "files": [str(EXAMPLE_IMAGES / "red_circle.png")]},
 ]
 # Sampling settings of the released model (VAR's top-k 900 / top-p 0.95, no guidance), the Draw tab's defaults.
 DEFAULT_TOP_K, DEFAULT_TOP_P, DEFAULT_GUIDANCE = 900, 0.95, 1.0
