@@ -21,7 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 
 import transformers_vargpt
 from transformers_vargpt import VargptPipeline
-from transformers_vargpt.processing_vargpt import load_rgb_image
+from transformers_vargpt.image_processing_vargpt import load_rgb_image
 
 logger = logging.getLogger("vargpt_space")
 
