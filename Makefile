@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[train,test,bench]"
+	$(PY) -m pip install --quiet -e ".[train,test,bench,gradio]"
 	touch $(STAMP)
 
 install: $(STAMP)
