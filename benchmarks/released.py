@@ -73,7 +73,7 @@ def released_style_generate(
     f_hat = condition.new_zeros(batch, config.vq_z_channels, quantizer.final_size, quantizer.final_size)
     var_cache = ScaleKVCache(len(decoder.blocks))
     num_scales = len(decoder.scale_sizes)
-    for si, side in enumerate(decoder.scale_sizes):
+    for si in range(num_scales):
         hidden = llm(body.gen_input_projector(tokens))
         if noise_branch:
             hidden = torch.cat([hidden, torch.randn_like(hidden)])  # the released guidance branch: noise
@@ -84,10 +84,8 @@ def released_style_generate(
             ramp = RELEASED_CFG * si / (num_scales - 1)
             logits = (1 + ramp) * logits[:batch] - ramp * logits[batch:]
         codes = logits.argmax(dim=-1)
-        f_hat = f_hat + quantizer.scale_contribution(si, quantizer.lookup(codes, side))
-        if si + 1 < num_scales:
-            next_side = decoder.scale_sizes[si + 1]
-            token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
+        f_hat, token_map = quantizer.add_scale(f_hat, si, codes)
+        if token_map is not None:
             tokens = decoder.scale_input(si + 1, token_map)
     image = released_decode(vqvae, f_hat) if released_decoder else vqvae.decode_fhat(f_hat)
     return image.add(1).mul(0.5)

@@ -123,6 +123,18 @@ def test_guidance_changes_the_drawing(released_pipe, t2i_description):
     assert not torch.equal(guided.image_tokens, plain.image_tokens)
 
 
+def test_pipeline_defaults_come_from_the_generation_config(golden, t2i_description):
+    pipe = VargptPipeline.from_pretrained(TINY, **golden["reference_hparams"])
+    pipe.set_progress_bar_config(disable=True)
+    greedy_guided = pipe(t2i_description, do_sample=False, guidance_scale=2.0, output_type="pt")
+    pipe.model.generation_config.image_generation = {"do_sample": False, "guidance_scale": 2.0}
+    from_config = pipe(t2i_description, output_type="pt")
+    assert pipe.guidance_scale == 2.0
+    assert torch.equal(from_config.image_tokens, greedy_guided.image_tokens)
+    assert not torch.equal(pipe(t2i_description, guidance_scale=1.0, output_type="pt").image_tokens, from_config.image_tokens)
+    assert pipe.guidance_scale == 1.0
+
+
 def test_progress_bar_advances_once_per_scale(released_pipe, t2i_description):
     stream = io.StringIO()
     released_pipe.set_progress_bar_config(file=stream, mininterval=0, disable=False)

@@ -1,4 +1,8 @@
-"""Next-scale sampling: argument checks, top-k / top-p code sampling and classifier-free guidance."""
+"""Next-scale sampling: outputs, the image sampling defaults, and the logits processors that draw codes.
+
+The processors follow transformers' `LogitsProcessor` interface (`__call__(input_ids, scores) -> scores`); the
+loop that calls them scale by scale is [`VargptImageGenerationMixin`] (`generation_image_vargpt.py`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
+from transformers.generation import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.utils import ModelOutput
 
 
@@ -42,66 +54,121 @@ class VargptInterleavedOutput(ModelOutput):
     image_tokens: list[torch.LongTensor] | None = None
 
 
-@dataclass(frozen=True)
-class CodeSampler:
-    """How codes are drawn at every scale. `do_sample=False` or `top_k=1` is greedy (arg-max)."""
-
-    do_sample: bool = True
-    top_k: int = 900
-    top_p: float = 0.95
-    temperature: float = 1.0
-
-    def __post_init__(self):
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}")
-        if not isinstance(self.temperature, (int, float)) or not (
-            math.isfinite(self.temperature) and self.temperature > 0
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.top_k == 1
-
-    def __call__(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
-        """logits B×l×V → codes B×l."""
-        if self.greedy:
-            return logits.argmax(dim=-1)
-        logits = logits.float() / self.temperature
-        vocab = logits.shape[-1]
-        if 0 < self.top_k < vocab:
-            kth_best = logits.topk(self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth_best, -math.inf)
-        if self.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            probs = sorted_logits.softmax(dim=-1)
-            # drop a code when the codes ranked above it already cover top_p; the best one always stays
-            drop_sorted = probs.cumsum(dim=-1) - probs >= self.top_p
-            logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
-        probs = logits.softmax(dim=-1).view(-1, vocab)
-        return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+# The released sampling of image codes (VAR's top-k / top-p); a model's `generation_config.image_generation`
+# (saved in generation_config.json) overrides them, explicit `generate_images` arguments override both.
+IMAGE_GENERATION_DEFAULTS = {"do_sample": True, "top_k": 900, "top_p": 0.95, "temperature": 1.0, "guidance_scale": 1.0}
 
 
-def check_guidance_scale(guidance_scale: float) -> float:
+def check_image_generation_config(generation_config: GenerationConfig) -> None:
+    """Clear errors for image sampling settings that cannot work (before any forward pass)."""
+    top_k, top_p = generation_config.top_k, generation_config.top_p
+    temperature, guidance_scale = generation_config.temperature, generation_config.guidance_scale
+    if not isinstance(generation_config.do_sample, bool):
+        raise ValueError(f"do_sample must be True or False, got {generation_config.do_sample!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        math.isfinite(temperature) and temperature > 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (<= 1 disables guidance), got {guidance_scale}")
-    return float(guidance_scale)
 
 
-def guided_logits(logits: torch.Tensor, guidance_scale: float, scale_index: int, num_scales: int) -> torch.Tensor:
-    """Classifier-free guidance ramped over scales, as VAR does.
+class ScaleRampedGuidanceLogitsProcessor(LogitsProcessor):
+    r"""Classifier-free guidance ramped over scales, as VAR does (a [`LogitsProcessor`] like transformers'
+    `ClassifierFreeGuidanceLogitsProcessor`, which Janus uses, but with VAR's ramp).
 
-    logits: 2B×l×V, conditional rows first, unconditional rows second → B×l×V. At scale k of K the strength is
-    t = (guidance_scale - 1) · k / (K - 1), and the result is (1 + t)·cond − t·uncond, so the last scale gets the full
-    `guidance_scale` (VAR's `cfg` is `guidance_scale - 1`).
+    `scores` hold the conditional rows first and the unconditional rows second (2N×V, N = batch × positions of the
+    scale) and become N×V. The scale is read from `input_ids` (B×l, the codes drawn so far, as transformers passes
+    the tokens so far): at scale k of K the strength is t = (guidance_scale - 1) · k / (K - 1) and the result is
+    (1 + t)·cond − t·uncond, so the last scale gets the full `guidance_scale` (VAR's `cfg` is `guidance_scale - 1`).
+    `guidance_scale` is read at every call, so it may be changed between scales.
     """
-    cond, uncond = logits.chunk(2, dim=0)
-    strength = (guidance_scale - 1.0) * scale_index / (num_scales - 1)
-    return cond + strength * (cond - uncond)
+
+    def __init__(self, guidance_scale: float, scale_sizes: list[int]):
+        self.guidance_scale = float(guidance_scale)
+        self.num_scales = len(scale_sizes)
+        offsets = [0]
+        for side in scale_sizes[:-1]:
+            offsets.append(offsets[-1] + side * side)
+        self.scale_of_offset = {offset: index for index, offset in enumerate(offsets)}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scale_index = self.scale_of_offset.get(input_ids.shape[-1])
+        if scale_index is None:
+            raise ValueError(
+                f"{input_ids.shape[-1]} codes so far is not the start of a scale (starts: {sorted(self.scale_of_offset)})"
+            )
+        cond, uncond = scores.chunk(2, dim=0)
+        strength = (self.guidance_scale - 1.0) * scale_index / (self.num_scales - 1)
+        return cond + strength * (cond - uncond)
 
 
-__all__ = ["VargptImageGenerationOutput", "VargptInterleavedOutput", "CodeSampler", "guided_logits"]
+class CodeSampler:
+    """Draws the codes of one scale from its logits, with logits processors built once per generation.
+
+    Guidance runs in the model's dtype (as VAR's loop does), then the scores go to float32 for any user
+    `logits_processor` and the warpers. The warpers are transformers' own, because they compute exactly what VAR's
+    `sample_with_top_k_top_p_` computes: `TemperatureLogitsWarper` divides, `TopKLogitsWarper` keeps the scores
+    not below the k-th best (ties kept) and `TopPLogitsWarper` sorts ascending and drops the codes whose cumulative
+    probability stays `<= 1 - top_p`, always keeping the best one (VAR's own test). `do_sample=False` or `top_k=1`
+    is the arg-max.
+    """
+
+    def __init__(
+        self,
+        generation_config: GenerationConfig,
+        scale_sizes: list[int],
+        logits_processor: LogitsProcessorList | None = None,
+    ):
+        check_image_generation_config(generation_config)
+        top_k, top_p, temperature = generation_config.top_k, generation_config.top_p, generation_config.temperature
+        self.guidance = (
+            ScaleRampedGuidanceLogitsProcessor(generation_config.guidance_scale, scale_sizes)
+            if generation_config.guidance_scale > 1.0
+            else None
+        )
+        self.greedy = not generation_config.do_sample or top_k == 1
+        self.processors = LogitsProcessorList(logits_processor or [])
+        if not self.greedy:
+            if temperature != 1.0:
+                self.processors.append(TemperatureLogitsWarper(temperature))
+            if top_k > 0:
+                self.processors.append(TopKLogitsWarper(top_k))
+            if top_p < 1.0:
+                self.processors.append(TopPLogitsWarper(top_p))
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance is not None
+
+    def __call__(
+        self, logits: torch.Tensor, codes_so_far: torch.LongTensor, generator: torch.Generator | None = None
+    ) -> torch.LongTensor:
+        """logits B×l×V (2B×l×V with guidance, conditional rows first) and the codes so far (B×l₀) → codes B×l."""
+        batch, length, vocab = logits.shape
+        scores = logits.reshape(batch * length, vocab)  # every position of the scale is one row
+        if self.guidance is not None:
+            scores = self.guidance(codes_so_far, scores)
+            batch //= 2
+        if self.processors:
+            scores = self.processors(codes_so_far, scores.float())
+        if self.greedy:
+            return scores.argmax(dim=-1).view(batch, length)
+        probs = scores.float().softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).view(batch, length)
+
+
+__all__ = [
+    "VargptImageGenerationOutput",
+    "VargptInterleavedOutput",
+    "IMAGE_GENERATION_DEFAULTS",
+    "CodeSampler",
+    "ScaleRampedGuidanceLogitsProcessor",
+    "check_image_generation_config",
+]

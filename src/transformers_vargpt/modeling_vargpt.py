@@ -7,37 +7,26 @@ codes → f̂ grows → next scale's token map; finally the VQVAE decodes f̂.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, DynamicCache, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.utils import ModelOutput, logging
 
 from .configuration_vargpt import VargptConfig
-from .generation_vargpt import (
-    CodeSampler,
-    VargptImageGenerationOutput,
-    VargptInterleavedOutput,
-    check_guidance_scale,
-    guided_logits,
-)
+from .generation_image_vargpt import CACHE_ARG, VargptImageGenerationMixin
+from .generation_vargpt import IMAGE_GENERATION_DEFAULTS, VargptInterleavedOutput
 from .hub import VargptHubMixin
-from .modeling_vargpt_var import ScaleKVCache, VarBlock, VargptScaleDecoder, VarSelfAttention
+from .modeling_vargpt_var import VarBlock, VargptScaleDecoder, VarSelfAttention
 from .modeling_vargpt_vqvae import VargptVQVAE
 
 logger = logging.get_logger(__name__)
-
-# transformers renamed the cache argument `past_key_values` → `cache` during 5.x; speak whichever is installed.
-CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 # Released checkpoint names (VARGPT-family/VARGPT_LLaVA-v1) → ours. Applied in order; renamings chain.
 RELEASED_KEY_MAPPING = {
@@ -228,9 +217,11 @@ class VargptModel(VargptPreTrainedModel):
             )
         return self.multi_modal_projector(features)
 
-    def _merge_image_features(
+    def merge_image_features(
         self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the projected CLIP features of `pixel_values` at the `<image>` tokens of `input_ids` (B×T) in
+        `inputs_embeds` (B×T×H). Returns the new embeddings and the features (N×patches×H)."""
         image_mask = input_ids == self.config.image_token_index
         n_tokens = int(image_mask.sum())
         if n_tokens == 0:
@@ -250,7 +241,8 @@ class VargptModel(VargptPreTrainedModel):
         return inputs_embeds, features
 
     # ---- drawing ------------------------------------------------------------------------------------------------
-    def _require_generation_tokens(self) -> None:
+    def check_generation_tokens(self) -> None:
+        """Raise a clear error when the config has no image generation tokens (the model can only read)."""
         if not self.config.supports_image_generation:
             raise ValueError(
                 "this config has no image generation tokens: config.special_tokens must define "
@@ -286,7 +278,7 @@ class VargptModel(VargptPreTrainedModel):
         pixel_gen_values: torch.Tensor | None,
         image_gen_tokens: torch.LongTensor | None,
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
-        self._require_generation_tokens()
+        self.check_generation_tokens()
         if pixel_gen_values is not None and image_gen_tokens is not None:
             raise ValueError("pass either pixel_gen_values or image_gen_tokens, not both")
         if pixel_gen_values is not None:
@@ -336,7 +328,7 @@ class VargptModel(VargptPreTrainedModel):
         if pixel_values is not None:
             if input_ids is None:
                 raise ValueError("pixel_values need input_ids to locate the <image> tokens")
-            inputs_embeds, image_features = self._merge_image_features(input_ids, inputs_embeds, pixel_values)
+            inputs_embeds, image_features = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
         if pixel_gen_values is not None or image_gen_tokens is not None:
             if input_ids is None:
                 raise ValueError("generation images need input_ids to locate the <|image_gen_pad|> tokens")
@@ -374,9 +366,9 @@ def _loss_divisors(num_items_in_batch) -> tuple:
     return num_items_in_batch, None
 
 
-class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
+class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTrainedModel, GenerationMixin):
     """VARGPT with its text head: `forward`/`generate` for text, `generate_images` (or
-    `generate(..., generation_mode="image")`) for next-scale image generation."""
+    `generate(..., generation_mode="image")`, from [`VargptImageGenerationMixin`]) for next-scale image generation."""
 
     _tied_weights_keys = {}
 
@@ -385,6 +377,13 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         self.model = VargptModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        if self.generation_config is not None and getattr(self.generation_config, "image_generation", None) is None:
+            # The image sampling defaults go to generation_config.json on save, where users change them. A config
+            # marked as derived from the model config drops such keys at load, so this one is rebuilt unmarked.
+            settings = self.generation_config.to_dict()
+            settings.pop("_from_model_config", None)
+            settings["image_generation"] = dict(IMAGE_GENERATION_DEFAULTS)
+            self.generation_config = GenerationConfig.from_dict(settings)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
@@ -530,156 +529,6 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
             return self.generate_interleaved(input_ids, **kwargs)
         raise ValueError(f"generation_mode must be 'text', 'image' or 'interleaved', got {generation_mode!r}")
 
-    # ---- next-scale image generation ----------------------------------------------------------------------------
-    def _prompts_ending_with_start(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.LongTensor, torch.Tensor]:
-        """Append `<|image_gen_start|>` to the prompts that lack it, keeping the batch left-padded."""
-        start = self.config.image_gen_start_token_id
-        has_start = input_ids[:, -1] == start
-        if bool(has_start.all()):
-            return input_ids, attention_mask
-        if bool((attention_mask[:, -1] == 0).any()):
-            raise ValueError("prompts for image generation must be left-padded (attention_mask ends with 0s)")
-        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
-        grown_ids = torch.cat([input_ids, torch.full_like(input_ids[:, :1], start)], dim=1)
-        grown_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        # rows that already ended with the start token: shift right by one instead (one more left pad)
-        shifted_ids = torch.cat([torch.full_like(input_ids[:, :1], pad), input_ids], dim=1)
-        shifted_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask], dim=1)
-        ids = torch.where(has_start[:, None], shifted_ids, grown_ids)
-        mask = torch.where(has_start[:, None], shifted_mask, grown_mask)
-        return ids, mask
-
-    def _llm_step(self, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
-        outputs = self.model.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{CACHE_ARG: cache},
-        )
-        return outputs.last_hidden_state
-
-    @torch.no_grad()
-    def generate_images(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        pixel_values: torch.FloatTensor | None = None,
-        do_sample: bool = True,
-        top_k: int = 900,
-        top_p: float = 0.95,
-        temperature: float = 1.0,
-        guidance_scale: float = 1.0,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
-        scale_callback: Callable[[int, dict], None] | None = None,
-    ) -> VargptImageGenerationOutput:
-        """Draw images by next-scale prediction after each prompt.
-
-        Args:
-            input_ids (B×T): left-padded prompts, ending with or without `<|image_gen_start|>`.
-            attention_mask (B×T, optional): 1 for real tokens.
-            pixel_values (optional): images for `<image>` tokens in the prompts.
-            do_sample / top_k / top_p / temperature: code sampling; `do_sample=False` or `top_k=1` is greedy.
-            guidance_scale: classifier-free guidance against the unconditional class row (<= 1: off).
-            num_images_per_prompt: images drawn per prompt (consecutive in the output).
-            generator: a `torch.Generator` for reproducible sampling.
-            scale_callback: called after every scale as `scale_callback(scale_index, {"f_hat": B×Cvae×S×S,
-                "image_tokens": B×l codes so far})` (e.g. to preview the image sharpening).
-
-        Returns:
-            [`VargptImageGenerationOutput`] with `images` (B·n×3×H×W in [0, 1]) and `image_tokens` (B·n×L).
-        """
-        self.model._require_generation_tokens()
-        sampler = CodeSampler(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature)
-        guidance_scale = check_guidance_scale(guidance_scale)
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be a non-empty B x T tensor, got shape {tuple(input_ids.shape)}")
-        device = self.lm_head.weight.device
-        input_ids = input_ids.to(device)
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-        input_ids, attention_mask = self._prompts_ending_with_start(input_ids, attention_mask)
-        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
-        needed = input_ids.shape[1] + self.config.num_image_gen_tokens + 1
-        if max_positions is not None and needed > max_positions:
-            raise ValueError(
-                f"prompt of {input_ids.shape[1]} tokens plus {self.config.num_image_gen_tokens} image tokens exceeds "
-                f"the model's max_position_embeddings={max_positions}"
-            )
-
-        inputs_embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
-            inputs_embeds, _ = self.model._merge_image_features(input_ids, inputs_embeds, pixel_values)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        llm_cache = DynamicCache(config=self.config.text_config)
-        self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
-
-        # The prompt is read once; its cache is then copied to one row per image, and with guidance the
-        # unconditional copies (same prompt, unconditional class row) follow the conditional ones.
-        guided = guidance_scale > 1.0
-        branches = 2 if guided else 1
-        prompt_of_row = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images_per_prompt)
-        prompt_of_row = prompt_of_row.repeat(branches)
-        if prompt_of_row.shape[0] != input_ids.shape[0]:
-            llm_cache.reorder_cache(prompt_of_row)
-            attention_mask, position_ids = attention_mask[prompt_of_row], position_ids[prompt_of_row]
-        batch = input_ids.shape[0] * num_images_per_prompt
-        rows = self.model.condition_rows(batch, device)
-        if guided:
-            rows = torch.cat([rows, torch.full_like(rows, self.model.scale_decoder.unconditional_class)])
-        decoder = self.model.scale_decoder
-        quantizer = self.model.vqvae.quantizer
-        condition = decoder.class_embed(rows)
-        next_position = position_ids[:, -1:] + 1
-
-        var_cache = ScaleKVCache(len(decoder.blocks))
-        scale_tokens = decoder.first_scale_input(condition)
-        f_hat = condition.new_zeros(batch, self.config.vq_z_channels, quantizer.final_size, quantizer.final_size)
-        codes_per_scale = []
-        num_scales = len(decoder.scale_sizes)
-        for si, side in enumerate(decoder.scale_sizes):
-            length = side * side
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], length)], 1)
-            positions = next_position + torch.arange(length, device=device)
-            next_position = next_position + length
-            llm_embeds = self.model.gen_input_projector(scale_tokens).to(inputs_embeds.dtype)
-            hidden = self._llm_step(llm_embeds, attention_mask, positions, llm_cache)
-            var_states = self.model.gen_output_projector(hidden.to(condition.dtype))
-            logits = decoder(var_states, condition, cache=var_cache)
-            if guided:
-                logits = guided_logits(logits, guidance_scale, si, num_scales)
-            codes = sampler(logits, generator=generator)
-            codes_per_scale.append(codes)
-            code_map = quantizer.lookup(codes, side).to(f_hat.dtype)
-            f_hat = f_hat + quantizer.scale_contribution(si, code_map)
-            if scale_callback is not None:
-                scale_callback(si, {"f_hat": f_hat, "image_tokens": torch.cat(codes_per_scale, dim=1)})
-            if si + 1 < num_scales:
-                next_side = decoder.scale_sizes[si + 1]
-                token_map = F.interpolate(f_hat, size=(next_side, next_side), mode="area").flatten(2).transpose(1, 2)
-                scale_tokens = decoder.scale_input(si + 1, token_map.to(condition.dtype))
-                if guided:
-                    scale_tokens = scale_tokens.repeat(2, 1, 1)
-        images = self.decode_fhat(f_hat)
-        return VargptImageGenerationOutput(images=images, image_tokens=torch.cat(codes_per_scale, dim=1))
-
-    @torch.no_grad()
-    def decode_fhat(self, f_hat: torch.Tensor) -> torch.FloatTensor:
-        """Summed code features f̂ (B×Cvae×S×S, complete or partial) → float images in [0, 1] (B×3×H×W)."""
-        return self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5).float()
-
-    @torch.no_grad()
-    def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
-        """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
-        return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
-
     @torch.no_grad()
     def generate_interleaved(
         self,
@@ -695,7 +544,7 @@ class VargptForConditionalGeneration(VargptPreTrainedModel, GenerationMixin):
         """Answer each prompt with text; whenever the answer emits `<|image_gen_start|>`, draw the image by
         next-scale prediction (`image_kwargs` go to [`generate_images`]), append its L pads and
         `<|image_gen_end|>`, and let the answer continue. Prompts are processed one at a time."""
-        self.model._require_generation_tokens()
+        self.model.check_generation_tokens()
         start, end, pad = (
             self.config.image_gen_start_token_id,
             self.config.image_gen_end_token_id,

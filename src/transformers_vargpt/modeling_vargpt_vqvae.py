@@ -274,17 +274,34 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = f_hat + self.scale_contribution(si, self.lookup(idx, side))
         return f_hat
 
+    def add_scale(
+        self, f_hat: torch.Tensor, scale_index: int, codes: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step of next-scale prediction, shared by generation and teacher forcing.
+
+        The codes of scale `scale_index` (B×s²) join f̂ (B×Cvae×S×S, upsampled and Φ-filtered), and f̂
+        area-downsampled to the next scale's side is that scale's input (B×s'²×Cvae, row-major).
+
+        Returns the new f̂ and the next scale's input (`None` after the last scale).
+        """
+        code_map = self.lookup(codes, self.scale_sizes[scale_index]).to(f_hat.dtype)
+        f_hat = f_hat + self.scale_contribution(scale_index, code_map)
+        if scale_index + 1 == len(self.scale_sizes):
+            return f_hat, None
+        side = self.scale_sizes[scale_index + 1]
+        return f_hat, F.interpolate(f_hat, size=(side, side), mode="area").flatten(2).transpose(1, 2)
+
     def next_scale_inputs(self, indices: list[torch.LongTensor]) -> torch.Tensor:
         """Teacher forcing: for scales 2..K, the area-downsampled running f̂ after all earlier scales.
 
         Returns B×(L - s₁²)×Cvae, scale after scale, row-major within a scale.
         """
-        f_hat = 0
+        batch = indices[0].shape[0]
+        f_hat = self.codebook.weight.new_zeros(batch, self.codebook.embedding_dim, self.final_size, self.final_size)
         inputs = []
         for si in range(len(self.scale_sizes) - 1):
-            f_hat = f_hat + self.scale_contribution(si, self.lookup(indices[si], self.scale_sizes[si]))
-            side = self.scale_sizes[si + 1]
-            inputs.append(F.interpolate(f_hat, size=(side, side), mode="area").flatten(2).transpose(1, 2))
+            f_hat, next_input = self.add_scale(f_hat, si, indices[si])
+            inputs.append(next_input)
         return torch.cat(inputs, dim=1)
 
 

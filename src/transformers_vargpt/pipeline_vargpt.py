@@ -132,11 +132,11 @@ class VargptPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 1.0,
-        top_k: int = 900,
-        top_p: float = 0.95,
-        temperature: float = 1.0,
-        do_sample: bool = True,
+        guidance_scale: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        do_sample: bool | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -154,15 +154,17 @@ class VargptPipeline(DiffusionPipeline):
                 What to draw: a plain description per image ("a butterfly on a flower"); the processor wraps it in a
                 user turn of the chat template and appends `<|image_gen_start|>`.
             num_images_per_prompt (`int`, defaults to 1): images per prompt (consecutive in the output).
-            guidance_scale (`float`, defaults to 1.0):
+            guidance_scale (`float`, *optional*):
                 Classifier-free guidance against the unconditional class row that training's condition dropout
-                teaches, ramped over the scales as VAR does; `<= 1` disables it. The default is 1 (no guidance)
-                because that is how the released model draws (its inference code computes a guidance ratio but never
-                applies it) and it costs one forward pass instead of two; values around 1.5-3 trade diversity for
-                prompt fidelity, as VAR's `cfg` (`cfg = guidance_scale - 1`).
-            top_k (`int`, defaults to 900), top_p (`float`, defaults to 0.95), temperature (`float`, defaults to 1.0):
-                Code sampling at every scale (the released defaults); `top_k=0` / `top_p=1` disable the filters.
-            do_sample (`bool`, defaults to `True`): `False` takes the arg-max code everywhere (deterministic).
+                teaches, ramped over the scales as VAR does; `<= 1` disables it. The default (the model's
+                `generation_config.image_generation`, else 1: no guidance) is how the released model draws (its
+                inference code computes a guidance ratio but never applies it) and costs one forward pass instead of
+                two; values around 1.5-3 trade diversity for prompt fidelity, as VAR's `cfg` (`cfg = guidance_scale - 1`).
+            top_k (`int`, *optional*), top_p (`float`, *optional*), temperature (`float`, *optional*):
+                Code sampling at every scale; `top_k=0` / `top_p=1` disable the filters. Defaults: the model's
+                `generation_config.image_generation`, else the released 900 / 0.95 / 1.0.
+            do_sample (`bool`, *optional*): `False` takes the arg-max code everywhere (deterministic); default as above
+                (`True` unless the generation config says otherwise).
             generator (`torch.Generator`, *optional*): makes sampling reproducible (same seed, same images).
             output_type (`str`, defaults to `"pil"`):
                 `"pil"`: a list of `PIL.Image.Image`; `"np"`: a float array `(B, H, W, 3)` in [0, 1];
@@ -188,7 +190,11 @@ class VargptPipeline(DiffusionPipeline):
         if isinstance(generator, (list, tuple)) and len(generator) == 1:
             generator = generator[0]
         self.check_inputs(prompt, output_type, generator, callback_on_step_end_tensor_inputs)
-        self._guidance_scale = guidance_scale
+        # explicit arguments over the model's generation config, resolved once (its guidance scale is loop state)
+        generation_config = self.model.image_generation_config(
+            do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale
+        )
+        self._guidance_scale = generation_config.guidance_scale
 
         # 1. prompts -> left-padded ids ending with <|image_gen_start|>
         inputs = self.processor(text=prompt, generation_mode="image", return_tensors="pt").to(self._execution_device)
@@ -210,11 +216,7 @@ class VargptPipeline(DiffusionPipeline):
             output = self.model.generate_images(
                 inputs["input_ids"],
                 inputs["attention_mask"],
-                do_sample=do_sample,
-                top_k=top_k,
-                top_p=top_p,
-                temperature=temperature,
-                guidance_scale=guidance_scale,
+                generation_config=generation_config,
                 num_images_per_prompt=num_images_per_prompt,
                 generator=generator,
                 scale_callback=on_scale,

@@ -1,0 +1,282 @@
+"""Next-scale image generation, mixed into [`VargptForConditionalGeneration`].
+
+One loop, three parts: `prepare_next_scale_state` (prompt prefill, then the rows for each image and, with
+guidance, the unconditional rows), `generate_scale` (one scale: LLM ⇄ VAR → code logits → codes → f̂ and the next
+scale's input, via `MultiScaleQuantizer.add_scale`), and `generate_images`, which runs the scales. The sampling
+settings come from `model.generation_config` (see `image_generation_config`), as `generate`'s do.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import DynamicCache, GenerationConfig
+from transformers.generation import LogitsProcessorList
+from transformers.models.llama.modeling_llama import LlamaModel
+
+from .generation_vargpt import IMAGE_GENERATION_DEFAULTS, CodeSampler, VargptImageGenerationOutput
+from .modeling_vargpt_var import ScaleKVCache
+
+# transformers renamed the cache argument `past_key_values` → `cache` during 5.x; speak whichever is installed.
+CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+@dataclass
+class NextScaleState:
+    r"""Everything one next-scale generation carries from scale to scale (R rows: B·n images, twice with guidance).
+
+    Args:
+        llm_cache (`DynamicCache`): the LLM's KV cache (prompt, then the scales so far), R rows.
+        var_cache ([`ScaleKVCache`]): the VAR blocks' KV cache and AdaLN modulations, R rows.
+        attention_mask (`torch.LongTensor` of shape `(R, T + l)`): prompt padding and the scales so far.
+        next_position (`torch.LongTensor` of shape `(R, 1)`): position id of the next image token.
+        condition (`torch.FloatTensor` of shape `(R, var_embed_dim)`): class-embedding rows (unconditional last).
+        scale_tokens (`torch.FloatTensor` of shape `(R, s², var_embed_dim)`): the next scale's VAR input.
+        f_hat (`torch.FloatTensor` of shape `(B·n, Cvae, S, S)`): the summed code features so far.
+        image_tokens (`torch.LongTensor` of shape `(B·n, L)`): the codes, filled scale by scale.
+        scale_index (`int`): the next scale to draw.
+        llm_dtype (`torch.dtype`): dtype of the LLM's input embeddings.
+        num_codes_so_far (`int`): how many columns of `image_tokens` are drawn.
+    """
+
+    llm_cache: DynamicCache
+    var_cache: ScaleKVCache
+    attention_mask: torch.Tensor
+    next_position: torch.LongTensor
+    condition: torch.Tensor
+    scale_tokens: torch.Tensor
+    f_hat: torch.Tensor
+    image_tokens: torch.LongTensor
+    scale_index: int
+    llm_dtype: torch.dtype
+    num_codes_so_far: int = 0
+
+    @property
+    def codes_so_far(self) -> torch.LongTensor:
+        """The codes of the scales drawn so far (B·n×l), a view of `image_tokens`."""
+        return self.image_tokens[:, : self.num_codes_so_far]
+
+
+class VargptImageGenerationMixin:
+    """Next-scale image generation for a VARGPT model with a `model` body ([`VargptModel`]) and a `generation_config`."""
+
+    def image_generation_config(
+        self, generation_config: GenerationConfig | None = None, **kwargs
+    ) -> GenerationConfig:
+        """The sampling settings of image generation, as a [`GenerationConfig`] whose `do_sample`, `top_k`, `top_p`,
+        `temperature` and `guidance_scale` are the image settings.
+
+        Without `generation_config`: the released defaults (`IMAGE_GENERATION_DEFAULTS`), overridden by
+        `self.generation_config.image_generation` (a dict saved in `generation_config.json`). A given
+        `generation_config` is used as it is. Keyword arguments that are not `None` override either, as in `generate`.
+        """
+        if generation_config is None:
+            stored = getattr(self.generation_config, "image_generation", None) or {}
+            unknown = set(stored) - set(IMAGE_GENERATION_DEFAULTS)
+            if unknown:
+                raise ValueError(
+                    f"generation_config.image_generation has unknown keys {sorted(unknown)}; "
+                    f"expected some of {sorted(IMAGE_GENERATION_DEFAULTS)}"
+                )
+            generation_config = GenerationConfig()
+            for name, value in {**IMAGE_GENERATION_DEFAULTS, **stored}.items():
+                setattr(generation_config, name, value)
+        else:
+            generation_config = copy.deepcopy(generation_config)
+        overrides = {name: value for name, value in kwargs.items() if value is not None}
+        unknown = set(overrides) - set(IMAGE_GENERATION_DEFAULTS)
+        if unknown:
+            raise TypeError(
+                f"unknown image generation arguments {sorted(unknown)}; expected some of {sorted(IMAGE_GENERATION_DEFAULTS)}"
+            )
+        for name, value in overrides.items():
+            setattr(generation_config, name, value)
+        return generation_config
+
+    # ---- prefill and guidance expansion -------------------------------------------------------------------------
+    def _prompts_ending_with_start(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """Append `<|image_gen_start|>` to the prompts that lack it, keeping the batch left-padded."""
+        start = self.config.image_gen_start_token_id
+        has_start = input_ids[:, -1] == start
+        if bool(has_start.all()):
+            return input_ids, attention_mask
+        if bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("prompts for image generation must be left-padded (attention_mask ends with 0s)")
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        grown_ids = torch.cat([input_ids, torch.full_like(input_ids[:, :1], start)], dim=1)
+        grown_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        # rows that already ended with the start token: shift right by one instead (one more left pad)
+        shifted_ids = torch.cat([torch.full_like(input_ids[:, :1], pad), input_ids], dim=1)
+        shifted_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask], dim=1)
+        ids = torch.where(has_start[:, None], shifted_ids, grown_ids)
+        mask = torch.where(has_start[:, None], shifted_mask, grown_mask)
+        return ids, mask
+
+    def _llm_step(self, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
+        outputs = self.model.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{CACHE_ARG: cache},
+        )
+        return outputs.last_hidden_state
+
+    def prepare_next_scale_state(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_images_per_prompt: int = 1,
+        guided: bool = False,
+    ) -> NextScaleState:
+        """Read the prompts (B×T, left-padded) once, then copy their cache to one row per image and, when `guided`,
+        once more for the unconditional rows (same prompt, unconditional class row), which follow the conditional
+        ones. Returns the state before the first scale."""
+        self.model.check_generation_tokens()
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty B x T tensor, got shape {tuple(input_ids.shape)}")
+        device = self.lm_head.weight.device
+        input_ids = input_ids.to(device)
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        input_ids, attention_mask = self._prompts_ending_with_start(input_ids, attention_mask)
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        needed = input_ids.shape[1] + self.config.num_image_gen_tokens + 1
+        if max_positions is not None and needed > max_positions:
+            raise ValueError(
+                f"prompt of {input_ids.shape[1]} tokens plus {self.config.num_image_gen_tokens} image tokens exceeds "
+                f"the model's max_position_embeddings={max_positions}"
+            )
+
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            inputs_embeds, _ = self.model.merge_image_features(input_ids, inputs_embeds, pixel_values)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        llm_cache = DynamicCache(config=self.config.text_config)
+        self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
+
+        prompt_of_row = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images_per_prompt)
+        prompt_of_row = prompt_of_row.repeat(2 if guided else 1)
+        if prompt_of_row.shape[0] != input_ids.shape[0]:
+            llm_cache.reorder_cache(prompt_of_row)
+            attention_mask, position_ids = attention_mask[prompt_of_row], position_ids[prompt_of_row]
+        batch = input_ids.shape[0] * num_images_per_prompt
+        decoder, quantizer = self.model.scale_decoder, self.model.vqvae.quantizer
+        rows = self.model.condition_rows(batch, device)
+        if guided:
+            rows = torch.cat([rows, torch.full_like(rows, decoder.unconditional_class)])
+        condition = decoder.class_embed(rows)
+        side = quantizer.final_size
+        return NextScaleState(
+            llm_cache=llm_cache,
+            var_cache=ScaleKVCache(len(decoder.blocks)),
+            attention_mask=attention_mask,
+            next_position=position_ids[:, -1:] + 1,
+            condition=condition,
+            scale_tokens=decoder.first_scale_input(condition),
+            f_hat=condition.new_zeros(batch, quantizer.codebook.embedding_dim, side, side),
+            image_tokens=torch.zeros(batch, self.config.num_image_gen_tokens, dtype=torch.long, device=device),
+            scale_index=0,
+            llm_dtype=inputs_embeds.dtype,
+        )
+
+    # ---- one scale ----------------------------------------------------------------------------------------------
+    def generate_scale(
+        self, state: NextScaleState, code_sampler: CodeSampler, generator: torch.Generator | None = None
+    ) -> NextScaleState:
+        """Draw the codes of scale `state.scale_index`: its token map through the LLM (with its cache) and the VAR
+        blocks → code logits → codes; they join f̂, which gives the next scale's input. Updates `state` in place."""
+        decoder, quantizer = self.model.scale_decoder, self.model.vqvae.quantizer
+        si = state.scale_index
+        length = decoder.scale_sizes[si] ** 2
+        state.attention_mask = torch.cat(
+            [state.attention_mask, state.attention_mask.new_ones(state.attention_mask.shape[0], length)], 1
+        )
+        positions = state.next_position + torch.arange(length, device=state.next_position.device)
+        state.next_position = state.next_position + length
+        llm_embeds = self.model.gen_input_projector(state.scale_tokens).to(state.llm_dtype)
+        hidden = self._llm_step(llm_embeds, state.attention_mask, positions, state.llm_cache)
+        var_states = self.model.gen_output_projector(hidden.to(state.condition.dtype))
+        logits = decoder(var_states, state.condition, cache=state.var_cache)
+        codes = code_sampler(logits, state.codes_so_far, generator=generator)
+        start = state.num_codes_so_far
+        state.image_tokens[:, start : start + length] = codes
+        state.num_codes_so_far = start + length
+        state.f_hat, token_map = quantizer.add_scale(state.f_hat, si, codes)
+        if token_map is not None:
+            scale_tokens = decoder.scale_input(si + 1, token_map.to(state.condition.dtype))
+            state.scale_tokens = scale_tokens.repeat(2, 1, 1) if code_sampler.guided else scale_tokens
+        state.scale_index = si + 1
+        return state
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_images(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_values: torch.FloatTensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        scale_callback: Callable[[int, dict], None] | None = None,
+        **kwargs,
+    ) -> VargptImageGenerationOutput:
+        """Draw images by next-scale prediction after each prompt.
+
+        Args:
+            input_ids (B×T): left-padded prompts, ending with or without `<|image_gen_start|>`.
+            attention_mask (B×T, optional): 1 for real tokens.
+            pixel_values (optional): images for `<image>` tokens in the prompts.
+            generation_config (`GenerationConfig`, optional): the image sampling settings (see
+                `image_generation_config`); default: `self.generation_config.image_generation` over the released
+                defaults (`do_sample=True, top_k=900, top_p=0.95, temperature=1.0, guidance_scale=1.0`).
+            logits_processor (`LogitsProcessorList`, optional): extra processors, applied to every scale's float32
+                scores ((B·n·s²)×V, `input_ids` = the codes so far) after guidance and before the warpers.
+            num_images_per_prompt: images drawn per prompt (consecutive in the output).
+            generator: a `torch.Generator` for reproducible sampling.
+            scale_callback: called after every scale as `scale_callback(scale_index, {"f_hat": B×Cvae×S×S,
+                "image_tokens": B×l codes so far})` (e.g. to preview the image sharpening).
+            kwargs: `do_sample`, `top_k`, `top_p`, `temperature`, `guidance_scale`, overriding the generation config.
+                `do_sample=False` or `top_k=1` is greedy; `guidance_scale` is classifier-free guidance against the
+                unconditional class row, ramped over the scales (<= 1: off).
+
+        Returns:
+            [`VargptImageGenerationOutput`] with `images` (B·n×3×H×W in [0, 1]) and `image_tokens` (B·n×L).
+        """
+        image_config = self.image_generation_config(generation_config, **kwargs)
+        sampler = CodeSampler(image_config, self.model.scale_decoder.scale_sizes, logits_processor)
+        state = self.prepare_next_scale_state(
+            input_ids, attention_mask, pixel_values, num_images_per_prompt, guided=sampler.guided
+        )
+        for scale_index in range(len(self.model.scale_decoder.scale_sizes)):
+            self.generate_scale(state, sampler, generator)
+            if scale_callback is not None:
+                scale_callback(scale_index, {"f_hat": state.f_hat, "image_tokens": state.codes_so_far})
+        return VargptImageGenerationOutput(images=self.decode_fhat(state.f_hat), image_tokens=state.image_tokens)
+
+    # ---- decoding -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_fhat(self, f_hat: torch.Tensor) -> torch.FloatTensor:
+        """Summed code features f̂ (B×Cvae×S×S, complete or partial) → float images in [0, 1] (B×3×H×W)."""
+        return self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5).float()
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
+        """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
+        return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
+
+
+__all__ = ["VargptImageGenerationMixin", "NextScaleState", "CACHE_ARG"]
