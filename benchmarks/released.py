@@ -70,7 +70,7 @@ def released_style_generate(
     rows[:batch] = config.image_gen_start_token_id
     condition = decoder.class_embed(rows if noise_branch else rows[:batch])
     tokens = decoder.first_scale_input(condition)[:batch]
-    f_hat = condition.new_zeros(batch, config.vq_z_channels, quantizer.final_size, quantizer.final_size)
+    f_hat = condition.new_zeros(batch, config.vq_config.z_channels, quantizer.final_size, quantizer.final_size)
     var_cache = ScaleKVCache(len(decoder.blocks))
     num_scales = len(decoder.scale_sizes)
     for si in range(num_scales):

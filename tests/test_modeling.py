@@ -66,10 +66,10 @@ def test_save_pretrained_round_trip(tiny_model, tmp_path):
 
     config = json.loads((target / "config.json").read_text())
     assert config["model_type"] == "vargpt_llava"
-    assert config["patch_nums"] == [1, 2, 3, 4]
-    assert config["var_depth"] == 2 and config["var_embed_dim"] == 64 and config["var_num_heads"] == 2
-    assert config["vq_ch"] == 32 and config["vq_z_channels"] == 8 and config["vq_vocab_size"] == 64
-    assert config["image_gen_size"] == 64
+    vq, var = config["vq_config"], config["var_config"]
+    assert vq["scale_sizes"] == [1, 2, 3, 4] and vq["image_size"] == 64
+    assert var["num_hidden_layers"] == 2 and var["hidden_size"] == 64 and var["num_attention_heads"] == 2
+    assert vq["base_channels"] == 32 and vq["z_channels"] == 8 and vq["vocab_size"] == 64
     assert config["special_tokens"]["image_gen_start_token_id"] == IMAGE_GEN_START_ID
 
     with safe_open(str(target / "model.safetensors"), "pt") as f:

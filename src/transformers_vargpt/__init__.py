@@ -6,7 +6,8 @@ Importing the package registers `vargpt_llava` with the transformers Auto classe
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_vargpt import VargptConfig, VargptVQVAEConfig
+from .configuration_vargpt import VargptConfig, VargptVarConfig, VargptVQVAEConfig
+from .generation_image_vargpt import VargptImageGenerationMixin
 from .generation_vargpt import VargptImageGenerationOutput, VargptInterleavedOutput
 from .modeling_vargpt import VargptForConditionalGeneration, VargptModel, VargptPreTrainedModel
 from .modeling_vargpt_vqvae import VargptVQVAE
@@ -15,6 +16,7 @@ from .pipelines_transformers import VargptImageToTextPipeline, register_pipeline
 
 AutoConfig.register(VargptConfig.model_type, VargptConfig, exist_ok=True)
 AutoConfig.register(VargptVQVAEConfig.model_type, VargptVQVAEConfig, exist_ok=True)
+AutoConfig.register(VargptVarConfig.model_type, VargptVarConfig, exist_ok=True)
 AutoModel.register(VargptConfig, VargptModel, exist_ok=True)
 AutoModel.register(VargptVQVAEConfig, VargptVQVAE, exist_ok=True)
 AutoModelForImageTextToText.register(VargptConfig, VargptForConditionalGeneration, exist_ok=True)
@@ -47,12 +49,14 @@ def __getattr__(name: str):
 __all__ = [
     "VargptConfig",
     "VargptVQVAEConfig",
+    "VargptVarConfig",
     "VargptModel",
     "VargptPreTrainedModel",
     "VargptForConditionalGeneration",
     "VargptVQVAE",
     "VargptProcessor",
     "VARGPTLlavaProcessor",
+    "VargptImageGenerationMixin",
     "VargptImageGenerationOutput",
     "VargptInterleavedOutput",
     "VargptImageToTextPipeline",

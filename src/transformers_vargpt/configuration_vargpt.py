@@ -1,10 +1,12 @@
 """Configuration of VARGPT: a LLaVA-1.5 reader plus a VAR next-scale image writer.
 
-The released `config.json` (model_type ``vargpt_llava``) only records the LLaVA half; the released code hard-codes
-the VAR decoder and VQVAE sizes. Here every one of those sizes is a config field, under the names the released
-hyper-parameters use (``patch_nums``, ``vq_*``, ``var_*``, ``image_gen_size``), so that
-``from_pretrained(released_dir, patch_nums=[1, 2, 3, 4], var_depth=2, ...)`` overrides them and ``save_pretrained``
-writes them down.
+`VargptConfig` composes four sub-configs, as Janus composes its `vq_config`: `vision_config` (CLIP), `text_config`
+(Llama), `vq_config` ([`VargptVQVAEConfig`]: the multi-scale VQVAE and the scale sizes) and `var_config`
+([`VargptVarConfig`]: the VAR decoder blocks). The released `config.json` (model_type ``vargpt_llava``) records only
+the LLaVA half; the released code hard-codes the rest under flat hyper-parameter names (``patch_nums``, ``vq_*``,
+``var_*``, ``image_gen_size``). Those names are still accepted wherever a config is built or loaded
+(``from_pretrained(released_dir, patch_nums=[1, 2, 3, 4], var_depth=2, ...)``, flat keys in a ``config.json``) and
+land in the sub-configs; ``save_pretrained`` writes the nested form.
 """
 
 from __future__ import annotations
@@ -14,10 +16,40 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .tokens_vargpt import (
+    GENERATION_TOKENS,
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    RELEASED_TOKEN_IDS,
+    num_image_gen_tokens,
+    special_tokens_entry,
+)
+
 # The released VARGPT-v1 values (VARGPT.md): VAR-d30 decoder, VQVAE f16 with 4096 codes, 256x256 images.
 RELEASED_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
-SPECIAL_TOKEN_NAMES = ("image_gen_start", "image_gen_end", "image_gen_pad")
+# Released flat hyper-parameter names → (sub-config, field).
+RELEASED_FLAT_NAMES = {
+    "patch_nums": ("vq_config", "scale_sizes"),
+    "image_gen_size": ("vq_config", "image_size"),
+    "vq_vocab_size": ("vq_config", "vocab_size"),
+    "vq_z_channels": ("vq_config", "z_channels"),
+    "vq_ch": ("vq_config", "base_channels"),
+    "vq_ch_mult": ("vq_config", "channel_multipliers"),
+    "vq_num_res_blocks": ("vq_config", "num_res_blocks"),
+    "vq_quant_resi": ("vq_config", "residual_ratio"),
+    "vq_share_quant_resi": ("vq_config", "num_residual_filters"),
+    "var_depth": ("var_config", "num_hidden_layers"),
+    "var_embed_dim": ("var_config", "hidden_size"),
+    "var_num_heads": ("var_config", "num_attention_heads"),
+    "var_mlp_ratio": ("var_config", "mlp_ratio"),
+    "var_attn_l2_norm": ("var_config", "attention_l2_norm"),
+    "var_shared_aln": ("var_config", "shared_adaln"),
+    "var_norm_eps": ("var_config", "layer_norm_eps"),
+    "var_num_classes": ("var_config", "num_classes"),
+    "var_drop_path_rate": ("var_config", "drop_path_rate"),
+    "var_cond_drop_rate": ("var_config", "condition_dropout"),
+}
 
 
 class VargptVQVAEConfig(PreTrainedConfig):
@@ -59,8 +91,9 @@ class VargptVQVAEConfig(PreTrainedConfig):
         return 2 ** (len(self.channel_multipliers) - 1)
 
     @property
-    def num_image_tokens(self) -> int:
-        return sum(s * s for s in self.scale_sizes)
+    def num_image_gen_tokens(self) -> int:
+        """Codes of one image: Σ s² over `scale_sizes`."""
+        return num_image_gen_tokens(self.scale_sizes)
 
     def validate_sizes(self) -> None:
         if len(self.scale_sizes) < 2:
@@ -79,24 +112,59 @@ class VargptVQVAEConfig(PreTrainedConfig):
             )
 
 
+class VargptVarConfig(PreTrainedConfig):
+    r"""
+    Configuration of VAR's next-scale decoder ([`VargptScaleDecoder`]): AdaLN transformer blocks between the LLM's
+    projected hidden states and the code logits.
+
+    Args:
+        num_hidden_layers (`int`): number of blocks (VAR's depth; 30 released).
+        hidden_size (`int`): block width C.
+        num_attention_heads (`int`): heads per block; must divide `hidden_size`.
+        mlp_ratio (`float`): MLP width / `hidden_size`.
+        attention_l2_norm (`bool`): cosine attention with a learnt per-head temperature.
+        shared_adaln (`bool`): one AdaLN projection shared by all blocks (plus a per-block offset).
+        layer_norm_eps (`float`): epsilon of the blocks' LayerNorms.
+        num_classes (`int`, *optional*): rows of the condition embedding minus one (the last row is the unconditional
+            one); [`VargptConfig`] defaults it to `image_gen_start_token_id + 1`.
+        drop_path_rate (`float`): stochastic depth of the deepest block in training (released: 0.1 * depth / 24).
+        condition_dropout (`float`): probability of replacing the condition by the unconditional row in training.
+    """
+
+    model_type = "vargpt_var"
+
+    num_hidden_layers: int = 30
+    hidden_size: int = 1920
+    num_attention_heads: int = 30
+    mlp_ratio: float = 4.0
+    attention_l2_norm: bool = True
+    shared_adaln: bool = False
+    layer_norm_eps: float = 1e-6
+    num_classes: int | None = None
+    drop_path_rate: float = 0.125
+    condition_dropout: float = 0.1
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"var_config.hidden_size={self.hidden_size} must be divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+
+
 class VargptConfig(PreTrainedConfig):
     r"""
     Configuration of [`VargptForConditionalGeneration`].
 
     It loads the released `config.json` as it is (`special_tokens`, `image_token_index`, `vision_config`,
-    `text_config`, ...) and adds the generation half's sizes under the released hyper-parameter names:
+    `text_config`, ...), and the released flat hyper-parameter names (`RELEASED_FLAT_NAMES`: `patch_nums`,
+    `image_gen_size`, `vq_*`, `var_*`) as keyword arguments or `config.json` keys; they fill the sub-configs.
 
     Args:
-        patch_nums (`list[int]`): side of the code map at each scale (680 tokens for the released 1..16).
-        image_gen_size (`int`): side of generated images in pixels.
-        vq_vocab_size, vq_z_channels, vq_ch, vq_ch_mult, vq_num_res_blocks, vq_quant_resi, vq_share_quant_resi:
-            the VQVAE (see [`VargptVQVAEConfig`]).
-        var_depth, var_embed_dim, var_num_heads, var_mlp_ratio, var_attn_l2_norm, var_shared_aln, var_norm_eps:
-            the VAR decoder blocks.
-        var_num_classes (`int`, *optional*): rows of the condition embedding minus one; defaults to
-            `image_gen_start_token_id + 1` (the last row is the unconditional one).
-        var_drop_path_rate (`float`): stochastic depth of the VAR blocks in training (released: 0.1 * depth / 24).
-        var_cond_drop_rate (`float`): probability of replacing the condition by the unconditional row in training.
+        vision_config, text_config: CLIP vision tower and Llama LLM.
+        vq_config ([`VargptVQVAEConfig`] or `dict`): the VQVAE, the scale sizes and the generated image size.
+        var_config ([`VargptVarConfig`] or `dict`): the VAR decoder blocks.
         special_tokens (`dict`): ids and strings of `<|image_gen_start|>`, `<|image_gen_end|>`, `<|image_gen_pad|>`.
     """
 
@@ -119,72 +187,51 @@ class VargptConfig(PreTrainedConfig):
         "text_config": SubConfigSpec(
             config_class=AutoConfig, model_type="llama", init_kwargs={"vocab_size": 32064}
         ),
+        "vq_config": VargptVQVAEConfig,
+        "var_config": VargptVarConfig,
     }
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    image_token_index: int = 32000
+    vq_config: dict | PreTrainedConfig | None = None
+    var_config: dict | PreTrainedConfig | None = None
+    image_token_index: int = RELEASED_TOKEN_IDS[IMAGE_TOKEN]
     image_seq_length: int = 576
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: str = "default"
     vision_feature_layer: int = -2
     ignore_index: int = -100
-    pad_token_id: int | None = 32001
+    pad_token_id: int | None = RELEASED_TOKEN_IDS[PAD_TOKEN]
     tie_word_embeddings: bool = False
     special_tokens: dict | None = None
 
-    # generation half; names follow the released hyper-parameters
-    patch_nums: list[int] | tuple[int, ...] = RELEASED_PATCH_NUMS
-    image_gen_size: int = 256
-    vq_vocab_size: int = 4096
-    vq_z_channels: int = 32
-    vq_ch: int = 160
-    vq_ch_mult: list[int] | tuple[int, ...] = (1, 1, 2, 2, 4)
-    vq_num_res_blocks: int = 2
-    vq_quant_resi: float = 0.5
-    vq_share_quant_resi: int = 4
-    var_depth: int = 30
-    var_embed_dim: int = 1920
-    var_num_heads: int = 30
-    var_mlp_ratio: float = 4.0
-    var_attn_l2_norm: bool = True
-    var_shared_aln: bool = False
-    var_norm_eps: float = 1e-6
-    var_num_classes: int | None = None
-    var_drop_path_rate: float = 0.125
-    var_cond_drop_rate: float = 0.1
-
     def __post_init__(self, **kwargs: Any):
-        self.patch_nums = [int(p) for p in self.patch_nums]
-        self.vq_ch_mult = [int(m) for m in self.vq_ch_mult]
         if self.special_tokens is None:
-            self.special_tokens = {
-                "image_gen_start": "<|image_gen_start|>",
-                "image_gen_start_token_id": 32002,
-                "image_gen_end": "<|image_gen_end|>",
-                "image_gen_end_token_id": 32003,
-                "image_gen_pad": "<|image_gen_pad|>",
-                "image_gen_pad_token_id": 32004,
-            }
+            self.special_tokens = special_tokens_entry(RELEASED_TOKEN_IDS)
         # `hidden_size` / `vocab_size` at the top level are written by the released config; the sub-config rules.
         kwargs.pop("hidden_size", None)
         kwargs.pop("vocab_size", None)
+        flat = {name: kwargs.pop(name) for name in list(kwargs) if name in RELEASED_FLAT_NAMES}
+        for sub_config in ("vq_config", "var_config"):
+            fields = {field: flat[name] for name, (owner, field) in RELEASED_FLAT_NAMES.items() if owner == sub_config and name in flat}
+            setattr(self, sub_config, _with_fields(getattr(self, sub_config), fields))
         super().__post_init__(**kwargs)
-        if self.var_num_classes is None:
+        start = self.image_gen_start_token_id
+        if self.var_config.num_classes is None:
             # without generation tokens the model can still read images; its (unused) condition table keeps 2 rows
-            start = self.image_gen_start_token_id
-            self.var_num_classes = start + 1 if start is not None else 1
-        if self.var_embed_dim % self.var_num_heads:
+            self.var_config.num_classes = start + 1 if start is not None else 1
+        if start is not None and start >= self.var_config.num_classes:
             raise ValueError(
-                f"var_embed_dim={self.var_embed_dim} must be divisible by var_num_heads={self.var_num_heads}"
+                f"var_config.num_classes={self.var_config.num_classes} (var_num_classes) has no row for the condition "
+                f"image_gen_start_token_id={start}"
             )
-        if self.var_num_classes is not None and self.image_gen_start_token_id is not None:
-            if self.image_gen_start_token_id >= self.var_num_classes:
-                raise ValueError(
-                    f"var_num_classes={self.var_num_classes} has no row for the condition "
-                    f"image_gen_start_token_id={self.image_gen_start_token_id}"
-                )
-        self.vqvae_config()  # validates the VQVAE sizes against image_gen_size early
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> "VargptConfig":
+        """Released flat names among the keyword arguments (`from_pretrained(dir, var_depth=2)`) override the
+        loaded sizes: they join the dict so that the sub-configs are built (and checked) once, with all of them."""
+        flat = {name: kwargs.pop(name) for name in list(kwargs) if name in RELEASED_FLAT_NAMES}
+        return super().from_dict({**config_dict, **flat}, **kwargs)
 
     # ---- convenient views -------------------------------------------------------------------------------------
     @property
@@ -212,25 +259,35 @@ class VargptConfig(PreTrainedConfig):
 
     @property
     def supports_image_generation(self) -> bool:
-        return all(self._special_id(name) is not None for name in SPECIAL_TOKEN_NAMES)
+        return all(self._special_id(name) is not None for name in GENERATION_TOKENS)
 
     @property
     def num_image_gen_tokens(self) -> int:
         """Tokens of one generated image: the sum of squared scale sides (680 for the released model)."""
-        return sum(p * p for p in self.patch_nums)
-
-    def vqvae_config(self) -> VargptVQVAEConfig:
-        return VargptVQVAEConfig(
-            vocab_size=self.vq_vocab_size,
-            z_channels=self.vq_z_channels,
-            base_channels=self.vq_ch,
-            channel_multipliers=self.vq_ch_mult,
-            num_res_blocks=self.vq_num_res_blocks,
-            residual_ratio=self.vq_quant_resi,
-            num_residual_filters=self.vq_share_quant_resi,
-            scale_sizes=self.patch_nums,
-            image_size=self.image_gen_size,
-        )
+        return self.vq_config.num_image_gen_tokens
 
 
-__all__ = ["VargptConfig", "VargptVQVAEConfig"]
+def _released_name_view(sub_config: str, field: str) -> property:
+    def read(config: VargptConfig):
+        return getattr(getattr(config, sub_config), field)
+
+    return property(read, doc=f"`{sub_config}.{field}` under its released name (read-only).")
+
+
+# `config.patch_nums`, `config.var_depth`, ... keep reading as before; the sub-configs are the one place to write.
+for _name, (_sub_config, _field) in RELEASED_FLAT_NAMES.items():
+    setattr(VargptConfig, _name, _released_name_view(_sub_config, _field))
+
+
+def _with_fields(sub_config: dict | PreTrainedConfig | None, fields: dict[str, Any]) -> dict | PreTrainedConfig | None:
+    """A sub-config (as given: None, a dict or a config) with `fields` set, as a dict to build it from."""
+    if not fields:
+        return sub_config
+    if sub_config is None:
+        return dict(fields)
+    if isinstance(sub_config, PreTrainedConfig):
+        sub_config = sub_config.to_dict()
+    return {**sub_config, **fields}
+
+
+__all__ = ["VargptConfig", "VargptVQVAEConfig", "VargptVarConfig", "RELEASED_FLAT_NAMES"]

@@ -157,7 +157,9 @@ class CodeSampler:
             scores = self.guidance(codes_so_far, scores)
             batch //= 2
         if self.processors:
-            scores = self.processors(codes_so_far, scores.float())
+            scores = scores.float()
+            for processor in self.processors:  # called directly: LogitsProcessorList inspects signatures per call
+                scores = processor(codes_so_far, scores)
         if self.greedy:
             return scores.argmax(dim=-1).view(batch, length)
         probs = scores.float().softmax(dim=-1)

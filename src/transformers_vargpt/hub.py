@@ -39,7 +39,7 @@ decoded by a multi-scale VQVAE.
 
 | | |
 |---|---|
-| scales (`patch_nums`) | {patch_nums} ({num_image_tokens} image tokens per image) |
+| scales (`patch_nums`) | {patch_nums} ({num_image_gen_tokens} image tokens per image) |
 | generated image size | {image_size}×{image_size} px |
 | LLM | {text_layers} layers, width {text_width}, vocabulary {vocab_size} |
 | VAR decoder | depth {var_depth}, width {var_width} |
@@ -90,13 +90,13 @@ def build_model_card(config, name_or_path: str | None = None, repo_id: str | Non
     body = _CARD_BODY.format(
         marker=GENERATED_CARD_MARKER,
         patch_nums=", ".join(str(p) for p in config.patch_nums),
-        num_image_tokens=config.num_image_gen_tokens,
+        num_image_gen_tokens=config.num_image_gen_tokens,
         image_size=config.image_gen_size,
         text_layers=config.text_config.num_hidden_layers,
         text_width=config.text_config.hidden_size,
         vocab_size=config.text_config.vocab_size,
-        var_depth=config.var_depth,
-        var_width=config.var_embed_dim,
+        var_depth=config.var_config.num_hidden_layers,
+        var_width=config.var_config.hidden_size,
         repo=repo_id or "path/to/checkpoint",
     )
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")

@@ -76,7 +76,7 @@ class VargptModelOutputWithPast(ModelOutput):
         image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`):
             projected CLIP features of the input images.
         image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
-        image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_embed_dim)`): AdaLN condition.
+        image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_config.hidden_size)`): AdaLN condition.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -96,7 +96,7 @@ class VargptCausalLMOutputWithPast(ModelOutput):
         text_loss (`torch.FloatTensor`): shifted cross-entropy of the text against `labels`, image tokens ignored.
         image_loss (`torch.FloatTensor`): cross-entropy of the code logits against the image's code indices.
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): text logits.
-        image_logits (`torch.FloatTensor` of shape `(num_gen_images, L, vq_vocab_size)`): code logits; position i
+        image_logits (`torch.FloatTensor` of shape `(num_gen_images, L, vq_config.vocab_size)`): code logits; position i
             predicts code i.
         image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): the codes `image_logits` predict.
         cache (`Cache`): the LLM's KV cache.
@@ -190,10 +190,11 @@ class VargptModel(VargptPreTrainedModel):
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = VargptMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
-        self.vqvae = VargptVQVAE(config.vqvae_config())
+        self.vqvae = VargptVQVAE(config.vq_config)
         self.scale_decoder = VargptScaleDecoder(config)
-        self.gen_input_projector = VargptGenProjector(config.var_embed_dim, config.text_config.hidden_size)
-        self.gen_output_projector = VargptGenProjector(config.text_config.hidden_size, config.var_embed_dim)
+        var_width = config.var_config.hidden_size
+        self.gen_input_projector = VargptGenProjector(var_width, config.text_config.hidden_size)
+        self.gen_output_projector = VargptGenProjector(config.text_config.hidden_size, var_width)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -292,7 +293,7 @@ class VargptModel(VargptPreTrainedModel):
                 f"input_ids hold {int(pad_mask.sum())} <|image_gen_pad|> tokens but {num_images} generation image(s) "
                 f"need {num_images} x {self.config.num_image_gen_tokens} (one block of Σ patch_nums² per image)"
             )
-        drop_rate = self.config.var_cond_drop_rate if self.training else 0.0
+        drop_rate = self.config.var_config.condition_dropout if self.training else 0.0
         rows = self.condition_rows(num_images, input_ids.device, drop_rate)
         condition = self.scale_decoder.class_embed(rows)
         gen_embeds = self.image_gen_embeddings(image_gen_tokens, condition)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .configuration_vargpt import VargptConfig
+from .configuration_vargpt import VargptConfig, VargptVarConfig
 
 
 class ScaleKVCache:
@@ -51,12 +51,12 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 class VarSelfAttention(nn.Module):
     """Multi-head attention with VAR's q/v-only bias and optional cosine (L2-normalised) attention."""
 
-    def __init__(self, config: VargptConfig, layer_idx: int):
+    def __init__(self, config: VargptVarConfig, layer_idx: int):
         super().__init__()
-        width, self.num_heads = config.var_embed_dim, config.var_num_heads
+        width, self.num_heads = config.hidden_size, config.num_attention_heads
         self.head_dim = width // self.num_heads
         self.layer_idx = layer_idx
-        self.l2_norm = config.var_attn_l2_norm
+        self.l2_norm = config.attention_l2_norm
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
@@ -86,11 +86,11 @@ class VarSelfAttention(nn.Module):
 
 
 class VarMLP(nn.Module):
-    def __init__(self, config: VargptConfig):
+    def __init__(self, config: VargptVarConfig):
         super().__init__()
-        hidden = round(config.var_embed_dim * config.var_mlp_ratio)
-        self.fc1 = nn.Linear(config.var_embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, config.var_embed_dim)
+        hidden = round(config.hidden_size * config.mlp_ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.fc2 = nn.Linear(hidden, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -99,13 +99,13 @@ class VarMLP(nn.Module):
 class VarBlock(GradientCheckpointingLayer):
     """Pre-norm transformer block whose LayerNorm scale/shift and residual gains come from the condition (AdaLN)."""
 
-    def __init__(self, config: VargptConfig, layer_idx: int, drop_path_rate: float):
+    def __init__(self, config: VargptVarConfig, layer_idx: int, drop_path_rate: float):
         super().__init__()
-        width = config.var_embed_dim
-        self.width, self.eps, self.drop_path_rate = width, config.var_norm_eps, drop_path_rate
+        width = config.hidden_size
+        self.width, self.eps, self.drop_path_rate = width, config.layer_norm_eps, drop_path_rate
         self.attn = VarSelfAttention(config, layer_idx)
         self.mlp = VarMLP(config)
-        self.shared_adaln = config.var_shared_aln
+        self.shared_adaln = config.shared_adaln
         if self.shared_adaln:
             self.adaln_offset = nn.Parameter(torch.randn(1, 1, 6, width) / width**0.5)
         else:
@@ -140,10 +140,10 @@ class VarBlock(GradientCheckpointingLayer):
 class VarHeadNorm(nn.Module):
     """AdaLN before the code head: LayerNorm with condition-dependent scale and shift."""
 
-    def __init__(self, config: VargptConfig):
+    def __init__(self, config: VargptVarConfig):
         super().__init__()
-        self.width, self.eps = config.var_embed_dim, config.var_norm_eps
-        self.adaln = nn.Linear(config.var_embed_dim, 2 * config.var_embed_dim)
+        self.width, self.eps = config.hidden_size, config.layer_norm_eps
+        self.adaln = nn.Linear(config.hidden_size, 2 * config.hidden_size)
 
     def modulation(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """condition B×C → scale, shift (each B×1×C)."""
@@ -162,28 +162,30 @@ class VarHeadNorm(nn.Module):
 class VargptScaleDecoder(nn.Module):
     """VAR (`vargpt_gen` in the released checkpoint): scale embeddings, AdaLN blocks and the code head.
 
-    Sizes: C = `var_embed_dim`, Cvae = `vq_z_channels`, V = `vq_vocab_size`, L = Σ s² over `patch_nums`.
+    Sizes: C = `var_config.hidden_size`, Cvae = `vq_config.z_channels`, V = `vq_config.vocab_size`,
+    L = Σ s² over `vq_config.scale_sizes`.
     """
 
     def __init__(self, config: VargptConfig):
         super().__init__()
-        width = config.var_embed_dim
-        self.scale_sizes = list(config.patch_nums)
-        self.num_tokens = sum(s * s for s in self.scale_sizes)
-        self.unconditional_class = config.var_num_classes
-        self.code_embed = nn.Linear(config.vq_z_channels, width)
-        self.class_embed = nn.Embedding(config.var_num_classes + 1, width)
+        var_config, vq_config = config.var_config, config.vq_config
+        width = var_config.hidden_size
+        self.scale_sizes = list(vq_config.scale_sizes)
+        self.num_tokens = vq_config.num_image_gen_tokens
+        self.unconditional_class = var_config.num_classes
+        self.code_embed = nn.Linear(vq_config.z_channels, width)
+        self.class_embed = nn.Embedding(var_config.num_classes + 1, width)
         self.start_pos_embed = nn.Parameter(torch.zeros(1, self.scale_sizes[0] ** 2, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, width))
         self.scale_embed = nn.Embedding(len(self.scale_sizes), width)
-        if config.var_shared_aln:
+        if var_config.shared_adaln:
             self.shared_adaln = nn.Linear(width, 6 * width)
         # stochastic depth grows linearly over the blocks (plain Python: this runs under the meta device too)
-        depth = config.var_depth
-        rates = [config.var_drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-        self.blocks = nn.ModuleList(VarBlock(config, i, rates[i]) for i in range(config.var_depth))
-        self.head_norm = VarHeadNorm(config)
-        self.head = nn.Linear(width, config.vq_vocab_size)
+        depth = var_config.num_hidden_layers
+        rates = [var_config.drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+        self.blocks = nn.ModuleList(VarBlock(var_config, i, rates[i]) for i in range(depth))
+        self.head_norm = VarHeadNorm(var_config)
+        self.head = nn.Linear(width, vq_config.vocab_size)
 
         scale_ids, block_causal_mask = self.derived_buffers()
         self.register_buffer("scale_ids", scale_ids, persistent=False)

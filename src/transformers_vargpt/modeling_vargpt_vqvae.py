@@ -313,6 +313,10 @@ class VargptVQVAE(PreTrainedModel):
     base_model_prefix = "vqvae"
     main_input_name = "pixel_values"
     _no_split_modules = ["VQStage", "VQMiddle", "MultiScaleQuantizer"]
+    # Its one attention block always runs torch's SDPA, whatever implementation the composite model is loaded with
+    # (as a sub-config, `vq_config` receives that choice too).
+    _supports_sdpa = True
+    _supports_flash_attn = True
 
     def __init__(self, config: VargptVQVAEConfig):
         super().__init__(config)
