@@ -15,6 +15,7 @@ from transformers import CLIPImageProcessorPil
 from transformers_vargpt import VargptForConditionalGeneration
 from transformers_vargpt.processing_vargpt import VargptProcessor
 from transformers_vargpt.tiny_models import VICUNA_CHAT_TEMPLATE, build_tiny_tokenizer, tiny_config
+from transformers_vargpt.tokens_vargpt import num_image_tokens
 
 NUM_THREADS = 2
 FULL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -63,11 +64,11 @@ def setup_torch(num_threads: int = NUM_THREADS) -> None:
 def medium_config(patch_nums=FULL_PATCH_NUMS, tokenizer=None, **overrides):
     """The medium `VargptConfig`; `patch_nums` prefixes give smaller images (`image_gen_size = last * 16`)."""
     patch_nums = [int(p) for p in patch_nums]
-    num_image_tokens = (VISION_CONFIG["image_size"] // VISION_CONFIG["patch_size"]) ** 2
+    side, patch_size = VISION_CONFIG["image_size"], VISION_CONFIG["patch_size"]
     settings = dict(
         text_config=dict(TEXT_CONFIG),
         vision_config=dict(VISION_CONFIG),
-        image_seq_length=num_image_tokens,
+        image_seq_length=num_image_tokens(side, side, patch_size),
         patch_nums=patch_nums,
         image_gen_size=patch_nums[-1] * VQVAE_DOWNSAMPLE,
         **GENERATION_SIZES,

@@ -14,6 +14,12 @@ import transformers_vargpt  # noqa: F401  (registers vargpt_llava with the Auto 
 from transformers import AutoModelForImageTextToText
 from transformers_vargpt import VargptConfig, VargptForConditionalGeneration
 from transformers_vargpt.tiny_models import TINY_GENERATION_SIZES
+from transformers_vargpt.tokens_vargpt import (
+    IMAGE_GEN_END_TOKEN,
+    IMAGE_GEN_PAD_TOKEN,
+    IMAGE_GEN_START_TOKEN,
+    special_tokens_entry,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TINY_DIR = FIXTURES / "vargpt-original-tiny"
@@ -25,14 +31,9 @@ PAD_TOKEN_ID = 301
 IMAGE_GEN_START_ID = 302
 IMAGE_GEN_END_ID = 303
 IMAGE_GEN_PAD_ID = 304
-SPECIAL_TOKENS = {
-    "image_gen_start": "<|image_gen_start|>",
-    "image_gen_start_token_id": IMAGE_GEN_START_ID,
-    "image_gen_end": "<|image_gen_end|>",
-    "image_gen_end_token_id": IMAGE_GEN_END_ID,
-    "image_gen_pad": "<|image_gen_pad|>",
-    "image_gen_pad_token_id": IMAGE_GEN_PAD_ID,
-}
+SPECIAL_TOKENS = special_tokens_entry(
+    {IMAGE_GEN_START_TOKEN: IMAGE_GEN_START_ID, IMAGE_GEN_END_TOKEN: IMAGE_GEN_END_ID, IMAGE_GEN_PAD_TOKEN: IMAGE_GEN_PAD_ID}
+)
 
 TINY_TEXT_CONFIG = {
     "model_type": "llama",

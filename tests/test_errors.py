@@ -49,20 +49,20 @@ def test_pad_count_mismatch(model):
     with pytest.raises(ValueError, match=r"29 <\|image_gen_pad\|> tokens"):
         model(input_ids=generation_ids(29), pixel_gen_values=torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match=r"<\|image_gen_pad\|> tokens"):
-        model(input_ids=generation_ids(30), image_gen_tokens=torch.zeros(2, 30, dtype=torch.long))
+        model(input_ids=generation_ids(30), image_tokens=torch.zeros(2, 30, dtype=torch.long))
 
 
-def test_image_gen_tokens_of_wrong_length(model):
+def test_image_tokens_of_wrong_length(model):
     with pytest.raises(ValueError, match="image tokens must be B x 30"):
-        model(input_ids=generation_ids(30), image_gen_tokens=torch.zeros(1, 29, dtype=torch.long))
+        model(input_ids=generation_ids(30), image_tokens=torch.zeros(1, 29, dtype=torch.long))
 
 
-def test_both_pixel_gen_values_and_image_gen_tokens(model):
-    with pytest.raises(ValueError, match="either pixel_gen_values or image_gen_tokens"):
+def test_both_pixel_gen_values_and_image_tokens(model):
+    with pytest.raises(ValueError, match="either pixel_gen_values or image_tokens"):
         model(
             input_ids=generation_ids(30),
             pixel_gen_values=torch.zeros(1, 3, 64, 64),
-            image_gen_tokens=torch.zeros(1, 30, dtype=torch.long),
+            image_tokens=torch.zeros(1, 30, dtype=torch.long),
         )
 
 

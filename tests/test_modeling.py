@@ -367,7 +367,7 @@ def test_interleaved_generation(tiny_model):
     # the text after the image is what the model says with that image in its context
     continued = model.generate(
         sequence[None, : block_end + 1],
-        image_gen_tokens=out.image_tokens[0],
+        image_tokens=out.image_tokens[0],
         max_new_tokens=len(text_after),
         do_sample=False,
         logits_processor=LogitsProcessorList([DrawFirstThenText(-1)]),
@@ -491,7 +491,7 @@ def test_text_loss_from_target_positions_only_equals_the_full_loss(tiny_model):
     losses, grads = [], []
     for keep in (0, positions):
         model.zero_grad()
-        out = model(input_ids=input_ids, labels=labels, image_gen_tokens=tokens, logits_to_keep=keep)
+        out = model(input_ids=input_ids, labels=labels, image_tokens=tokens, logits_to_keep=keep)
         out.text_loss.backward()
         losses.append(out.text_loss.detach())
         grads.append(model.lm_head.weight.grad.clone())
@@ -499,7 +499,7 @@ def test_text_loss_from_target_positions_only_equals_the_full_loss(tiny_model):
     torch.testing.assert_close(losses[0], losses[1])
     torch.testing.assert_close(grads[0], grads[1])
     with pytest.raises(ValueError, match="logits_to_keep"):
-        model(input_ids=input_ids, labels=labels, image_gen_tokens=tokens, logits_to_keep=2)
+        model(input_ids=input_ids, labels=labels, image_tokens=tokens, logits_to_keep=2)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -556,3 +556,18 @@ def test_decode_fhat_images_per_call(tiny_model):
             vqvae.decode_fhat(f_hat, images_per_call=bad)
     with pytest.raises(ValueError, match="f_hat must be"):
         vqvae.decode_fhat(f_hat[0])
+
+
+def test_image_gen_tokens_and_image_gen_targets_are_deprecated_names(tiny_model):
+    model = tiny_model()
+    inputs = mixed_inputs()
+    codes = model.model.vqvae.tokenize(inputs.pop("pixel_gen_values"))
+    with torch.no_grad():
+        new = model(**inputs, image_tokens=codes)
+        with pytest.warns(FutureWarning, match="image_tokens"):
+            old = model(**inputs, image_gen_tokens=codes)
+    assert torch.equal(new.image_logits, old.image_logits) and torch.equal(new.image_tokens, codes)
+    with pytest.warns(FutureWarning, match="image_tokens"):
+        assert torch.equal(new.image_gen_targets, codes)
+    with pytest.raises(ValueError, match="once"), pytest.warns(FutureWarning):
+        model(**inputs, image_tokens=codes, image_gen_tokens=codes)

@@ -109,7 +109,7 @@ def test_pixel_gen_values_are_short_side_resized_center_cropped_in_unit_range(pr
     bands[:, 128:384] = 255
     black = PIL.Image.new("RGB", (80, 100))
     texts = ["one <image_gen>", "two <image_gen>"]
-    inputs = processor(text=texts, images_gen=[PIL.Image.fromarray(bands), black], return_tensors="pt")
+    inputs = processor(text=texts, gen_images=[PIL.Image.fromarray(bands), black], return_tensors="pt")
     values = inputs["pixel_gen_values"]
     assert values.shape == (2, 3, 64, 64) and values.dtype == torch.float32
     torch.testing.assert_close(values[0], torch.ones(3, 64, 64))
@@ -117,9 +117,9 @@ def test_pixel_gen_values_are_short_side_resized_center_cropped_in_unit_range(pr
 
 
 @pytest.mark.parametrize("num_images", [0, 2])
-def test_images_gen_count_must_match_markers(processor, num_images):
+def test_gen_images_count_must_match_markers(processor, num_images):
     with pytest.raises(ValueError, match=r"1 <image_gen> placeholder\(s\) but"):
-        processor(text="Here it is.<image_gen>", images_gen=[PIL.Image.new("RGB", (64, 64))] * num_images)
+        processor(text="Here it is.<image_gen>", gen_images=[PIL.Image.new("RGB", (64, 64))] * num_images)
 
 
 @pytest.mark.parametrize(("text", "num_images"), [("<image>\nWhat?", 2), ("<image><image>\nWhat?", 1), ("<image>", 0)])
@@ -206,3 +206,14 @@ def test_auto_processor_loads_released_and_saved_processors(auto_registered, gol
     VargptProcessor.from_pretrained(TINY, **SIZES).save_pretrained(tmp_path)
     reloaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(reloaded) is VargptProcessor and reloaded.image_gen_size == 64
+
+
+def test_images_gen_is_the_deprecated_name_of_gen_images(processor):
+    image = PIL.Image.new("RGB", (64, 64), "red")
+    expected = processor(text="one <image_gen>", gen_images=[image], return_tensors="pt")
+    with pytest.warns(FutureWarning, match="gen_images"):
+        old = processor(text="one <image_gen>", images_gen=[image], return_tensors="pt")
+    assert torch.equal(old["pixel_gen_values"], expected["pixel_gen_values"])
+    assert torch.equal(old["input_ids"], expected["input_ids"])
+    with pytest.raises(ValueError, match="once"):
+        processor(text="one <image_gen>", gen_images=[image], images_gen=[image])

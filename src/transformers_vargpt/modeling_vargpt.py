@@ -8,6 +8,7 @@ codes → f̂ grows → next scale's token map; finally the VQVAE decodes f̂.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -66,6 +67,22 @@ RELEASED_KEY_MAPPING = {
 DERIVED_RELEASED_BUFFERS = [r"lvl_1L$", r"attn_bias_for_masking$", r"zero_k_bias$", r"ema_vocab_hit_SV$"]
 
 
+def _deprecated_output_name(output: ModelOutput, old: str, new: str):
+    warnings.warn(f"`{old}` is deprecated; read `{new}` (the same codes)", FutureWarning, stacklevel=3)
+    return getattr(output, new)
+
+
+def _renamed_image_tokens(image_tokens: torch.LongTensor | None, kwargs: dict) -> torch.LongTensor | None:
+    """`image_tokens`, or the codes passed under their former keyword `image_gen_tokens` (with a warning)."""
+    old = kwargs.pop("image_gen_tokens", None)
+    if old is None:
+        return image_tokens
+    warnings.warn("`image_gen_tokens` is deprecated; pass the codes as `image_tokens`", FutureWarning, stacklevel=3)
+    if image_tokens is not None:
+        raise ValueError("pass the codes once, as image_tokens (image_gen_tokens is its deprecated name)")
+    return old
+
+
 @dataclass
 class VargptModelOutputWithPast(ModelOutput):
     r"""
@@ -75,7 +92,7 @@ class VargptModelOutputWithPast(ModelOutput):
         cache (`Cache`): the LLM's KV cache.
         image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`):
             projected CLIP features of the input images.
-        image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
+        image_tokens (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
         image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_config.hidden_size)`): AdaLN condition.
     """
 
@@ -84,8 +101,12 @@ class VargptModelOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
-    image_gen_targets: torch.LongTensor | None = None
+    image_tokens: torch.LongTensor | None = None
     image_gen_condition: torch.FloatTensor | None = None
+
+    @property
+    def image_gen_targets(self) -> torch.LongTensor | None:
+        return _deprecated_output_name(self, "image_gen_targets", "image_tokens")
 
 
 @dataclass
@@ -98,7 +119,7 @@ class VargptCausalLMOutputWithPast(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): text logits.
         image_logits (`torch.FloatTensor` of shape `(num_gen_images, L, vq_config.vocab_size)`): code logits; position i
             predicts code i.
-        image_gen_targets (`torch.LongTensor` of shape `(num_gen_images, L)`): the codes `image_logits` predict.
+        image_tokens (`torch.LongTensor` of shape `(num_gen_images, L)`): the codes `image_logits` predict.
         cache (`Cache`): the LLM's KV cache.
     """
 
@@ -110,8 +131,12 @@ class VargptCausalLMOutputWithPast(ModelOutput):
     text_loss: torch.FloatTensor | None = None
     image_loss: torch.FloatTensor | None = None
     image_logits: torch.FloatTensor | None = None
-    image_gen_targets: torch.LongTensor | None = None
+    image_tokens: torch.LongTensor | None = None
     image_hidden_states: torch.FloatTensor | None = None
+
+    @property
+    def image_gen_targets(self) -> torch.LongTensor | None:
+        return _deprecated_output_name(self, "image_gen_targets", "image_tokens")
 
 
 class VargptMultiModalProjector(nn.Module):
@@ -277,16 +302,16 @@ class VargptModel(VargptPreTrainedModel):
         input_ids: torch.LongTensor,
         inputs_embeds: torch.Tensor,
         pixel_gen_values: torch.Tensor | None,
-        image_gen_tokens: torch.LongTensor | None,
+        image_tokens: torch.LongTensor | None,
     ) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
         self.check_generation_tokens()
-        if pixel_gen_values is not None and image_gen_tokens is not None:
-            raise ValueError("pass either pixel_gen_values or image_gen_tokens, not both")
+        if pixel_gen_values is not None and image_tokens is not None:
+            raise ValueError("pass either pixel_gen_values or image_tokens, not both")
         if pixel_gen_values is not None:
-            image_gen_tokens = self.vqvae.tokenize(pixel_gen_values)
+            image_tokens = self.vqvae.tokenize(pixel_gen_values)
         else:
-            image_gen_tokens = image_gen_tokens.to(input_ids.device)
-        num_images, length = image_gen_tokens.shape
+            image_tokens = image_tokens.to(input_ids.device)
+        num_images, length = image_tokens.shape
         pad_mask = input_ids == self.config.image_gen_pad_token_id
         if int(pad_mask.sum()) != num_images * self.config.num_image_gen_tokens:
             raise ValueError(
@@ -296,11 +321,11 @@ class VargptModel(VargptPreTrainedModel):
         drop_rate = self.config.var_config.condition_dropout if self.training else 0.0
         rows = self.condition_rows(num_images, input_ids.device, drop_rate)
         condition = self.scale_decoder.class_embed(rows)
-        gen_embeds = self.image_gen_embeddings(image_gen_tokens, condition)
+        gen_embeds = self.image_gen_embeddings(image_tokens, condition)
         inputs_embeds = inputs_embeds.masked_scatter(
             pad_mask.unsqueeze(-1), gen_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
         )
-        return inputs_embeds, image_gen_tokens, condition
+        return inputs_embeds, image_tokens, condition
 
     def forward(
         self,
@@ -310,14 +335,16 @@ class VargptModel(VargptPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_gen_values: torch.FloatTensor | None = None,
-        image_gen_tokens: torch.LongTensor | None = None,
+        image_tokens: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> VargptModelOutputWithPast:
         """
         input_ids (B×T) with `<image>` tokens for `pixel_values` (N×3×h×w) and `<|image_gen_pad|>` blocks for the
-        images to draw, given as `pixel_gen_values` (M×3×H×W in [-1, 1]) or their codes `image_gen_tokens` (M×L).
+        images to draw, given as `pixel_gen_values` (M×3×H×W in [-1, 1]) or their codes `image_tokens` (M×L; the
+        former name `image_gen_tokens` still works, with a warning).
         """
+        image_tokens = _renamed_image_tokens(image_tokens, kwargs)
         cache = kwargs.pop("cache", None)
         if cache is None:
             cache = kwargs.pop("past_key_values", None)
@@ -330,11 +357,11 @@ class VargptModel(VargptPreTrainedModel):
             if input_ids is None:
                 raise ValueError("pixel_values need input_ids to locate the <image> tokens")
             inputs_embeds, image_features = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
-        if pixel_gen_values is not None or image_gen_tokens is not None:
+        if pixel_gen_values is not None or image_tokens is not None:
             if input_ids is None:
                 raise ValueError("generation images need input_ids to locate the <|image_gen_pad|> tokens")
             inputs_embeds, targets, condition = self._merge_image_gen_embeddings(
-                input_ids, inputs_embeds, pixel_gen_values, image_gen_tokens
+                input_ids, inputs_embeds, pixel_gen_values, image_tokens
             )
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -350,7 +377,7 @@ class VargptModel(VargptPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
-            image_gen_targets=targets,
+            image_tokens=targets,
             image_gen_condition=condition,
         )
 
@@ -415,14 +442,14 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_gen_values: torch.FloatTensor | None = None,
-        image_gen_tokens: torch.LongTensor | None = None,
+        image_tokens: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> VargptCausalLMOutputWithPast:
         """
         Understanding, training and validation in one call. With `<|image_gen_start|> <|image_gen_pad|>×L
-        <|image_gen_end|>` blocks and `pixel_gen_values` (or `image_gen_tokens`) it also returns `image_logits` and
+        <|image_gen_end|>` blocks and `pixel_gen_values` (or their codes `image_tokens`) it also returns `image_logits` and
         the image loss. In train mode condition dropout and drop-path follow the config; in eval mode the same call is
         deterministic. `labels` are B×T (-100 = ignored); image pads are never text targets.
 
@@ -432,6 +459,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         `{"text": ..., "image": ...}` gives both counts (text targets, image codes to predict).
         """
         text_count, image_count = _loss_divisors(kwargs.pop("num_items_in_batch", None))
+        image_tokens = _renamed_image_tokens(image_tokens, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -439,7 +467,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             pixel_gen_values=pixel_gen_values,
-            image_gen_tokens=image_gen_tokens,
+            image_tokens=image_tokens,
             use_cache=use_cache,
             **kwargs,
         )
@@ -448,11 +476,11 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         logits = self.lm_head(hidden_states[:, keep])
 
         image_logits = image_loss = text_loss = None
-        if outputs.image_gen_targets is not None:
+        if outputs.image_tokens is not None:
             pad_mask = input_ids == self.config.image_gen_pad_token_id
-            pad_states = hidden_states[pad_mask].view(*outputs.image_gen_targets.shape, -1)
+            pad_states = hidden_states[pad_mask].view(*outputs.image_tokens.shape, -1)
             image_logits = self.model.image_logits(pad_states, outputs.image_gen_condition)
-            image_targets = outputs.image_gen_targets.flatten().to(image_logits.device)
+            image_targets = outputs.image_tokens.flatten().to(image_logits.device)
             image_total = F.cross_entropy(image_logits.float().flatten(0, 1), image_targets, reduction="sum")
             image_count = image_targets.numel() if image_count is None else image_count
             image_loss = image_total / torch.as_tensor(image_count, device=image_total.device).clamp(min=1)
@@ -465,7 +493,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             image_loss=image_loss,
             logits=logits,
             image_logits=image_logits,
-            image_gen_targets=outputs.image_gen_targets,
+            image_tokens=outputs.image_tokens,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -511,7 +539,8 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
         if not first and kwargs.get("use_cache", True):
             model_inputs.pop("pixel_gen_values", None)
-            model_inputs.pop("image_gen_tokens", None)
+            model_inputs.pop("image_tokens", None)
+            model_inputs.pop("image_gen_tokens", None)  # the deprecated name
         return model_inputs
 
     # ---- generation entry point ---------------------------------------------------------------------------------
@@ -565,7 +594,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             while budget > 0:
                 extra = {}
                 if drawn_tokens:
-                    extra["image_gen_tokens"] = torch.cat(drawn_tokens)
+                    extra["image_tokens"] = torch.cat(drawn_tokens)
                 if prompt_pixels is not None:
                     extra["pixel_values"] = prompt_pixels
                 before = sequence.shape[1]

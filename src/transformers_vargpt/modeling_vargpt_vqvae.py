@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .configuration_vargpt import VargptVQVAEConfig
+from .tokens_vargpt import num_image_gen_tokens
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -262,7 +263,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def split_scales(self, tokens: torch.LongTensor) -> list[torch.LongTensor]:
         """Concatenated indices (B×L) → per-scale indices."""
-        expected = sum(s * s for s in self.scale_sizes)
+        expected = num_image_gen_tokens(self.scale_sizes)
         if tokens.ndim != 2 or tokens.shape[1] != expected:
             raise ValueError(f"image tokens must be B x {expected} code indices, got shape {tuple(tokens.shape)}")
         return list(tokens.split([s * s for s in self.scale_sizes], dim=1))

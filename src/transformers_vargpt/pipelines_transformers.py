@@ -33,10 +33,11 @@ from transformers.pipelines import PIPELINE_REGISTRY, ImageTextToTextPipeline
 from transformers.pipelines.base import Pipeline
 from transformers.utils import logging
 
+from .tokens_vargpt import IMAGE_TOKEN
+
 logger = logging.get_logger(__name__)
 
 IMAGE_TO_TEXT_TASK = "vargpt-image-to-text"
-IMAGE_TOKEN = "<image>"
 
 
 def _is_single_image(images: Any) -> bool:

@@ -16,6 +16,7 @@ itself does for `llava` checkpoints).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,11 +30,18 @@ from transformers.utils import logging
 
 from .configuration_vargpt import RELEASED_PATCH_NUMS
 from .image_processing_vargpt import flatten_images, load_rgb_image, postprocess, prepare_generation_target
+from .tokens_vargpt import (
+    IMAGE_GEN_END_TOKEN,
+    IMAGE_GEN_MARKER,
+    IMAGE_GEN_PAD_TOKEN,
+    IMAGE_GEN_START_TOKEN,
+    IMAGE_TOKEN,
+    num_image_gen_tokens,
+    num_image_tokens,
+)
 
 logger = logging.get_logger(__name__)
 
-IMAGE_GEN_MARKER = "<image_gen>"
-IMAGE_GEN_START, IMAGE_GEN_END, IMAGE_GEN_PAD = "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>"
 GENERATION_MODES = ("text", "image")
 
 
@@ -75,7 +83,7 @@ class VargptProcessor(ProcessorMixin):
         patch_size: int | None = None,
         vision_feature_select_strategy: str | None = None,
         chat_template: str | None = None,
-        image_token: str = "<image>",
+        image_token: str = IMAGE_TOKEN,
         patch_nums: Sequence[int] = RELEASED_PATCH_NUMS,
         image_gen_size: int = 256,
     ):
@@ -97,15 +105,15 @@ class VargptProcessor(ProcessorMixin):
         # (transformers' pipeline batch collator) must pad on the left too; `init_kwargs` is what a save records.
         self.tokenizer.padding_side = self.tokenizer.init_kwargs["padding_side"] = "left"
         token_ids = {}
-        for token in (image_token, IMAGE_GEN_START, IMAGE_GEN_END, IMAGE_GEN_PAD):
+        for token in (image_token, IMAGE_GEN_START_TOKEN, IMAGE_GEN_END_TOKEN, IMAGE_GEN_PAD_TOKEN):
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
                 raise ValueError(f"the tokenizer has no {token!r} token; VARGPT needs it as an added special token")
             token_ids[token] = token_id
         self.image_token_id = token_ids[image_token]
-        self.image_gen_start_token_id = token_ids[IMAGE_GEN_START]
-        self.image_gen_end_token_id = token_ids[IMAGE_GEN_END]
-        self.image_gen_pad_token_id = token_ids[IMAGE_GEN_PAD]
+        self.image_gen_start_token_id = token_ids[IMAGE_GEN_START_TOKEN]
+        self.image_gen_end_token_id = token_ids[IMAGE_GEN_END_TOKEN]
+        self.image_gen_pad_token_id = token_ids[IMAGE_GEN_PAD_TOKEN]
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
@@ -124,19 +132,18 @@ class VargptProcessor(ProcessorMixin):
     @property
     def num_image_gen_tokens(self) -> int:
         """Pad tokens of one image to draw: the codes of all scales."""
-        return sum(p * p for p in self.patch_nums)
+        return num_image_gen_tokens(self.patch_nums)
 
     @property
     def image_gen_sequence(self) -> str:
         """What one `<image_gen>` expands to: start, `num_image_gen_tokens` pads, end."""
-        return IMAGE_GEN_START + IMAGE_GEN_PAD * self.num_image_gen_tokens + IMAGE_GEN_END
+        return IMAGE_GEN_START_TOKEN + IMAGE_GEN_PAD_TOKEN * self.num_image_gen_tokens + IMAGE_GEN_END_TOKEN
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """`<image>` tokens for one preprocessed `height x width` image (CLS counted, then dropped by "default")."""
         if self.patch_size is None:
             raise ValueError("patch_size is not set: pass patch_size (the vision tower's) to expand `<image>` tokens")
-        count = (height // self.patch_size) * (width // self.patch_size) + 1
-        return count - 1 if self.vision_feature_select_strategy == "default" else count
+        return num_image_tokens(height, width, self.patch_size, self.vision_feature_select_strategy or "full")
 
     def build_text_to_image_prompt(self, text: str) -> str:
         """The prompt asking to draw `text`: one user turn, the generation prompt, then `<|image_gen_start|>`."""
@@ -145,13 +152,13 @@ class VargptProcessor(ProcessorMixin):
         if self.chat_template is None:
             raise ValueError("this processor has no chat_template; it is needed to build text-to-image prompts")
         conversation = [{"role": "user", "content": [{"type": "text", "text": text}]}]
-        return self.apply_chat_template(conversation, add_generation_prompt=True) + IMAGE_GEN_START
+        return self.apply_chat_template(conversation, add_generation_prompt=True) + IMAGE_GEN_START_TOKEN
 
     def __call__(
         self,
         images: Any = None,
         text: str | list[str] | None = None,
-        images_gen: Any = None,
+        gen_images: Any = None,
         **kwargs: Unpack[VargptProcessorKwargs],
     ) -> BatchFeature:
         r"""
@@ -160,7 +167,8 @@ class VargptProcessor(ProcessorMixin):
         Args:
             images: images to read, one per `<image>` in the text, in order (PIL images, arrays, tensors or paths).
             text (`str` or `list[str]`): prompts; in `generation_mode="image"`, plain descriptions of images to draw.
-            images_gen: target images to draw, one per `<image_gen>` in the text, in order (for training).
+            gen_images: target images to draw, one per `<image_gen>` in the text, in order (for training); they
+                become `pixel_gen_values`. (`images_gen`, the former name, still works with a warning.)
             generation_mode (`str`, defaults to `"text"`): `"text"` or `"image"`, see [`VargptProcessorKwargs`].
             padding_side (`str`, defaults to `"left"`): `"left"` for generation, `"right"` for training.
             return_tensors (`str`, *optional*): `"pt"` or `"np"`; lists otherwise.
@@ -169,11 +177,16 @@ class VargptProcessor(ProcessorMixin):
             [`BatchFeature`] with `input_ids` and `attention_mask` (B x T), `pixel_values` (N x 3 x H x W, N images
             to read, CLIP-normalised) and `pixel_gen_values` (M x 3 x S x S in [-1, 1], S = `image_gen_size`).
         """
+        if "images_gen" in kwargs:
+            warnings.warn("`images_gen` is deprecated; pass the images to draw as `gen_images`", FutureWarning, stacklevel=2)
+            if gen_images is not None:
+                raise ValueError("pass the images to draw once, as gen_images (images_gen is its deprecated name)")
+            gen_images = kwargs.pop("images_gen")
         for modality in ("videos", "audio"):
             if kwargs.pop(modality, None) is not None:
                 raise ValueError(f"VARGPT reads images and text only; got {modality}")
-        if images is None and text is None and images_gen is None:
-            raise ValueError("pass at least one of `text`, `images` or `images_gen`")
+        if images is None and text is None and gen_images is None:
+            raise ValueError("pass at least one of `text`, `images` or `gen_images`")
         # left padding unless asked otherwise, whatever the tokenizer's own default (generation needs it)
         padding_side = kwargs.get("padding_side", kwargs.get("text_kwargs", {}).get("padding_side")) or "left"
         if padding_side not in ("left", "right"):
@@ -195,10 +208,10 @@ class VargptProcessor(ProcessorMixin):
             self._check_count(self.image_token, prompts, len(read_images), "images", images is not None)
         if read_images:
             data.update(self.image_processor(read_images, **merged["images_kwargs"]))
-        if images_gen is not None:
-            targets = [prepare_generation_target(image, self.image_gen_size) for image in flatten_images(images_gen)]
+        if gen_images is not None:
+            targets = [prepare_generation_target(image, self.image_gen_size) for image in flatten_images(gen_images)]
             if prompts is not None:
-                self._check_count(IMAGE_GEN_MARKER, prompts, len(targets), "images_gen", True)
+                self._check_count(IMAGE_GEN_MARKER, prompts, len(targets), "gen_images", True)
             data["pixel_gen_values"] = np.stack(targets)
 
         if prompts is not None:

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from .configuration_vargpt import VargptConfig
+from .tokens_vargpt import ADDED_TOKENS, IMAGE_TOKEN, PAD_TOKEN, special_tokens_entry
 
 # The chat template (Vicuna / LLaVA-1.5). User and system turns, and the generation prompt, render exactly as the
 # released template does (images first, then text, then "ASSISTANT:"). Assistant turns end with the eos token, so a
@@ -26,7 +27,6 @@ VICUNA_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-SPECIAL_TOKENS = ["<image>", "<pad>", "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>"]
 
 _WORDS = (
     "user assistant a an the of on in with and is it this that what which color shape picture image photo draw "
@@ -67,8 +67,8 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token=None
     )
-    fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    fast.pad_token = "<pad>"
+    fast.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
+    fast.pad_token = PAD_TOKEN
     fast.chat_template = VICUNA_CHAT_TEMPLATE
     return fast
 
@@ -76,7 +76,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -> VargptConfig:
     """A VARGPT config small enough for a laptop CPU: 64×64 images from 4 scales (30 tokens)."""
     tokenizer = tokenizer or build_tiny_tokenizer()
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ADDED_TOKENS}
     vocab_size = (len(tokenizer) + 63) // 64 * 64
     settings = dict(
         text_config={
@@ -90,7 +90,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
             "max_position_embeddings": 512,
             "bos_token_id": 1,
             "eos_token_id": 2,
-            "pad_token_id": ids["<pad>"],
+            "pad_token_id": ids[PAD_TOKEN],
         },
         vision_config={
             "model_type": "clip_vision_model",
@@ -101,17 +101,10 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None, **overrides) -
             "image_size": 32,
             "patch_size": 8,
         },
-        image_token_index=ids["<image>"],
+        image_token_index=ids[IMAGE_TOKEN],
         image_seq_length=16,
-        pad_token_id=ids["<pad>"],
-        special_tokens={
-            "image_gen_start": "<|image_gen_start|>",
-            "image_gen_start_token_id": ids["<|image_gen_start|>"],
-            "image_gen_end": "<|image_gen_end|>",
-            "image_gen_end_token_id": ids["<|image_gen_end|>"],
-            "image_gen_pad": "<|image_gen_pad|>",
-            "image_gen_pad_token_id": ids["<|image_gen_pad|>"],
-        },
+        pad_token_id=ids[PAD_TOKEN],
+        special_tokens=special_tokens_entry(ids),
         **TINY_GENERATION_SIZES,
     )
     settings.update(overrides)

@@ -186,7 +186,7 @@ class VargptDataCollator:
             pixel_values = self.processor(images=read_images, return_tensors="pt")["pixel_values"]
             num_image_tokens = self.processor.num_image_tokens(*pixel_values.shape[-2:])
         if gen_images:
-            pixel_gen_values = self.processor(images_gen=gen_images, return_tensors="pt")["pixel_gen_values"]
+            pixel_gen_values = self.processor(gen_images=gen_images, return_tensors="pt")["pixel_gen_values"]
 
         text, spans = self.render(messages, num_image_tokens)
         encoding = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)

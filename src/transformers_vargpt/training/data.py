@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..processing_vargpt import IMAGE_GEN_MARKER
+from ..tokens_vargpt import IMAGE_GEN_MARKER, IMAGE_TOKEN
 
-IMAGE_MARKER = "<image>"
+IMAGE_MARKER = IMAGE_TOKEN  # the `<image>` token doubles as the placeholder of an image to read
 # `<image>` and `<image_gen>` in order of appearance (they never overlap: `<image_gen>` does not contain `<image>`)
 _MARKER_PATTERN = re.compile(re.escape(IMAGE_MARKER) + "|" + re.escape(IMAGE_GEN_MARKER))
 

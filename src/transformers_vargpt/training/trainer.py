@@ -361,7 +361,8 @@ class VargptSFTTrainer(Trainer):
         labels, input_ids = batch["labels"], batch["input_ids"]
         pads = input_ids == self._image_gen_pad_token_id
         text = ((labels != -100) & ~pads)[:, 1:].sum()  # position t predicts label t + 1; pads are never text
-        drawn = batch.get("pixel_gen_values") is not None or batch.get("image_gen_tokens") is not None
+        # images to draw come as pixels or codes (`image_gen_tokens`: the codes' deprecated name)
+        drawn = any(batch.get(key) is not None for key in ("pixel_gen_values", "image_tokens", "image_gen_tokens"))
         image = pads.sum() if drawn else torch.zeros_like(text)
         return torch.stack([text, image]).float()
 
