@@ -66,7 +66,8 @@ def test_flat_names_override_a_given_sub_config():
     config = make_tiny_config(var_config={"num_hidden_layers": 5, "hidden_size": 32, "num_attention_heads": 2})
     assert config.var_config.num_hidden_layers == 2  # var_depth of TINY_GENERATION_SIZES wins over the dict
     assert config.var_config.hidden_size == 64
-    config = VargptConfig(var_config=VargptVarConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2), var_depth=1)
+    given = VargptVarConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2)
+    config = VargptConfig(var_config=given, var_depth=1)
     assert (config.var_config.num_hidden_layers, config.var_config.hidden_size) == (1, 32)
 
 

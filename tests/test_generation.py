@@ -103,7 +103,8 @@ def test_sampled_codes_equal_the_previous_sampler_draw_for_draw():
     config = GenerationConfig()
     for name, value in {**IMAGE_GENERATION_DEFAULTS, "top_k": 20, "top_p": 0.9, "temperature": 0.8}.items():
         setattr(config, name, value)
-    codes = CodeSampler(config, SCALE_SIZES)(logits, torch.zeros(2, 0, dtype=torch.long), torch.Generator().manual_seed(3))
+    no_codes_yet = torch.zeros(2, 0, dtype=torch.long)
+    codes = CodeSampler(config, SCALE_SIZES)(logits, no_codes_yet, torch.Generator().manual_seed(3))
     probs = descending_top_k_top_p(logits, 20, 0.9, 0.8).softmax(dim=-1).view(-1, 64)
     expected = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).view(2, 9)
     assert torch.equal(codes, expected)
@@ -154,7 +155,8 @@ def test_generation_config_drives_generate_images(tiny_model):
     assert torch.equal(model.generate_images(PROMPT).image_tokens, greedy)
     assert torch.equal(model.generate(PROMPT, generation_mode="image").image_tokens, greedy)
     # explicit arguments win over the config
-    sampled = model.generate_images(PROMPT, do_sample=True, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    sampled = model.generate_images(PROMPT, do_sample=True, top_k=0, top_p=1.0, generator=generator)
     assert not torch.equal(sampled.image_tokens, greedy)
     # a GenerationConfig passed in is the image config
     passed = GenerationConfig(do_sample=True, top_k=1, top_p=1.0, temperature=1.0, guidance_scale=1.0)

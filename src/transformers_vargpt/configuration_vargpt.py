@@ -213,7 +213,11 @@ class VargptConfig(PreTrainedConfig):
         kwargs.pop("vocab_size", None)
         flat = {name: kwargs.pop(name) for name in list(kwargs) if name in RELEASED_FLAT_NAMES}
         for sub_config in ("vq_config", "var_config"):
-            fields = {field: flat[name] for name, (owner, field) in RELEASED_FLAT_NAMES.items() if owner == sub_config and name in flat}
+            fields = {
+                field: flat[name]
+                for name, (owner, field) in RELEASED_FLAT_NAMES.items()
+                if owner == sub_config and name in flat
+            }
             setattr(self, sub_config, _with_fields(getattr(self, sub_config), fields))
         super().__post_init__(**kwargs)
         start = self.image_gen_start_token_id

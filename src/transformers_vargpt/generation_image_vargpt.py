@@ -1,8 +1,8 @@
 """Next-scale image generation, mixed into [`VargptForConditionalGeneration`].
 
 One loop, three parts: `prepare_next_scale_state` (prompt prefill, then the rows for each image and, with
-guidance, the unconditional rows), `generate_scale` (one scale: LLM ⇄ VAR → code logits → codes → f̂ and the next
-scale's input, via `MultiScaleQuantizer.add_scale`), and `generate_images`, which runs the scales. The sampling
+guidance, the unconditional rows), `generate_scale` (one scale: LLM ⇄ VAR → code logits → codes → f̂ and the
+next scale's input, via `MultiScaleQuantizer.add_scale`), and `generate_images`, which runs the scales. The sampling
 settings come from `model.generation_config` (see `image_generation_config`), as `generate`'s do.
 """
 
@@ -62,7 +62,8 @@ class NextScaleState:
 
 
 class VargptImageGenerationMixin:
-    """Next-scale image generation for a VARGPT model with a `model` body ([`VargptModel`]) and a `generation_config`."""
+    """Next-scale image generation, for a VARGPT model with a `model` body ([`VargptModel`]) and a
+    `generation_config`."""
 
     def image_generation_config(
         self, generation_config: GenerationConfig | None = None, **kwargs
@@ -91,7 +92,8 @@ class VargptImageGenerationMixin:
         unknown = set(overrides) - set(IMAGE_GENERATION_DEFAULTS)
         if unknown:
             raise TypeError(
-                f"unknown image generation arguments {sorted(unknown)}; expected some of {sorted(IMAGE_GENERATION_DEFAULTS)}"
+                f"unknown image generation arguments {sorted(unknown)}; "
+                f"expected some of {sorted(IMAGE_GENERATION_DEFAULTS)}"
             )
         for name, value in overrides.items():
             setattr(generation_config, name, value)
@@ -195,7 +197,8 @@ class VargptImageGenerationMixin:
         self, state: NextScaleState, code_sampler: CodeSampler, generator: torch.Generator | None = None
     ) -> NextScaleState:
         """Draw the codes of scale `state.scale_index`: its token map through the LLM (with its cache) and the VAR
-        blocks → code logits → codes; they join f̂, which gives the next scale's input. Updates `state` in place."""
+        blocks → code logits → codes; they join f̂, which gives the next scale's input. Updates `state` in
+        place."""
         decoder, quantizer = self.model.scale_decoder, self.model.vqvae.quantizer
         si = state.scale_index
         length = decoder.scale_sizes[si] ** 2

@@ -102,7 +102,8 @@ class ScaleRampedGuidanceLogitsProcessor(LogitsProcessor):
         scale_index = self.scale_of_offset.get(input_ids.shape[-1])
         if scale_index is None:
             raise ValueError(
-                f"{input_ids.shape[-1]} codes so far is not the start of a scale (starts: {sorted(self.scale_of_offset)})"
+                f"{input_ids.shape[-1]} codes so far is not the start of a scale "
+                f"(starts: {sorted(self.scale_of_offset)})"
             )
         cond, uncond = scores.chunk(2, dim=0)
         strength = (self.guidance_scale - 1.0) * scale_index / (self.num_scales - 1)
@@ -150,7 +151,8 @@ class CodeSampler:
     def __call__(
         self, logits: torch.Tensor, codes_so_far: torch.LongTensor, generator: torch.Generator | None = None
     ) -> torch.LongTensor:
-        """logits B×l×V (2B×l×V with guidance, conditional rows first) and the codes so far (B×l₀) → codes B×l."""
+        """logits B×l×V (2B×l×V with guidance, conditional rows first) and the codes so far (B×l₀) →
+        codes B×l."""
         batch, length, vocab = logits.shape
         scores = logits.reshape(batch * length, vocab)  # every position of the scale is one row
         if self.guidance is not None:

@@ -449,7 +449,8 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
     ) -> VargptCausalLMOutputWithPast:
         """
         Understanding, training and validation in one call. With `<|image_gen_start|> <|image_gen_pad|>×L
-        <|image_gen_end|>` blocks and `pixel_gen_values` (or their codes `image_tokens`) it also returns `image_logits` and
+        <|image_gen_end|>` blocks and `pixel_gen_values` (or their codes `image_tokens`) it also returns
+        `image_logits` and
         the image loss. In train mode condition dropout and drop-path follow the config; in eval mode the same call is
         deterministic. `labels` are B×T (-100 = ignored); image pads are never text targets.
 

@@ -159,7 +159,8 @@ class VargptPipeline(DiffusionPipeline):
                 teaches, ramped over the scales as VAR does; `<= 1` disables it. The default (the model's
                 `generation_config.image_generation`, else 1: no guidance) is how the released model draws (its
                 inference code computes a guidance ratio but never applies it) and costs one forward pass instead of
-                two; values around 1.5-3 trade diversity for prompt fidelity, as VAR's `cfg` (`cfg = guidance_scale - 1`).
+                two; values around 1.5-3 trade diversity for prompt fidelity, as VAR's `cfg`
+                (`cfg = guidance_scale - 1`).
             top_k (`int`, *optional*), top_p (`float`, *optional*), temperature (`float`, *optional*):
                 Code sampling at every scale; `top_k=0` / `top_p=1` disable the filters. Defaults: the model's
                 `generation_config.image_generation`, else the released 900 / 0.95 / 1.0.

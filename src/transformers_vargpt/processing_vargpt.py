@@ -178,7 +178,9 @@ class VargptProcessor(ProcessorMixin):
             to read, CLIP-normalised) and `pixel_gen_values` (M x 3 x S x S in [-1, 1], S = `image_gen_size`).
         """
         if "images_gen" in kwargs:
-            warnings.warn("`images_gen` is deprecated; pass the images to draw as `gen_images`", FutureWarning, stacklevel=2)
+            warnings.warn(
+                "`images_gen` is deprecated; pass the images to draw as `gen_images`", FutureWarning, stacklevel=2
+            )
             if gen_images is not None:
                 raise ValueError("pass the images to draw once, as gen_images (images_gen is its deprecated name)")
             gen_images = kwargs.pop("images_gen")
