@@ -23,6 +23,7 @@ TINY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "var
 PACKAGE_DIR = Path(transformers_vargpt.__file__).resolve().parent
 CODE_FILES = {
     "configuration_vargpt.py",
+    "generation_image_vargpt.py",
     "generation_vargpt.py",
     "hub.py",
     "image_processing_vargpt.py",
@@ -30,6 +31,7 @@ CODE_FILES = {
     "modeling_vargpt_var.py",
     "modeling_vargpt_vqvae.py",
     "processing_vargpt.py",
+    "tokens_vargpt.py",
 }
 T2I_TEXT = "Please design a drawing of a butterfly on a flower."
 QUESTION_PROMPT = "USER: <image>\nWhat color is the shape in this picture? ASSISTANT:"
