@@ -56,8 +56,6 @@ CHAT_EXAMPLES = [
     {"text": "What color is the shape?", "files": [str(EXAMPLE_IMAGES / "blue_square.png")]},
     {"text": "Describe the image.", "files": [str(EXAMPLE_IMAGES / "red_circle.png")]},
 ]
-# Sampling settings of the released model (VAR's top-k 900 / top-p 0.95, no guidance), the Draw tab's defaults.
-DEFAULT_TOP_K, DEFAULT_TOP_P, DEFAULT_GUIDANCE = 900, 0.95, 1.0
 PREVIEW_SIDE = 256
 
 
@@ -199,6 +197,10 @@ def build_demo(space: VargptSpaceModel, model_name: str, concurrency: int) -> gr
                 fill_height=False,
             )
         with gr.Tab("Draw", elem_id="draw-tab"):
+            # the Draw tab starts from the model's own image sampling defaults (its generation config)
+            defaults = space.sampling_defaults
+            default_guidance = max(1.0, float(defaults.guidance_scale))
+            default_top_k, default_top_p = min(int(defaults.top_k), space.codebook_size), float(defaults.top_p)
             with gr.Row():
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(
@@ -209,14 +211,14 @@ def build_demo(space: VargptSpaceModel, model_name: str, concurrency: int) -> gr
                         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=limits.max_seed)
                         randomize = gr.Checkbox(label="Randomize seed", value=True)
                     guidance = gr.Slider(
-                        1.0, limits.max_guidance_scale, value=DEFAULT_GUIDANCE, step=0.1,
+                        1.0, limits.max_guidance_scale, value=default_guidance, step=0.1,
                         label="Guidance scale (1 = off)",
                     )
                     top_k = gr.Slider(
-                        0, space.codebook_size, value=min(DEFAULT_TOP_K, space.codebook_size), step=1,
+                        0, space.codebook_size, value=default_top_k, step=1,
                         label="Top-k (0 = off)",
                     )
-                    top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.01, label="Top-p (1 = off)")
+                    top_p = gr.Slider(0.05, 1.0, value=default_top_p, step=0.01, label="Top-p (1 = off)")
                     num_images = gr.Slider(
                         1, limits.max_images_per_drawing, value=1, step=1, label="Number of images"
                     )
@@ -232,7 +234,7 @@ def build_demo(space: VargptSpaceModel, model_name: str, concurrency: int) -> gr
                     )
             draw_inputs = [prompt, seed, guidance, top_k, top_p, num_images]
             gr.Examples(
-                [[text, index, DEFAULT_GUIDANCE, min(DEFAULT_TOP_K, space.codebook_size), DEFAULT_TOP_P, 1]
+                [[text, index, default_guidance, default_top_k, default_top_p, 1]
                  for index, text in enumerate(DRAW_EXAMPLES)],
                 inputs=draw_inputs,
                 outputs=[preview, gallery],

@@ -172,7 +172,13 @@ class VargptSpaceModel:
     @property
     def codebook_size(self) -> int:
         """Codes the VAR decoder samples from at every scale: the largest meaningful top-k."""
-        return int(self.model.config.vq_vocab_size)
+        return int(self.model.config.vq_config.vocab_size)
+
+    @property
+    def sampling_defaults(self):
+        """The model's image sampling defaults (`generation_config.image_generation` over the released top-k 900,
+        top-p 0.95, no guidance), as a `GenerationConfig`: what a drawing uses when the user changes nothing."""
+        return self.model.image_generation_config()
 
     # ---- understanding ------------------------------------------------------------------------------------------
     def _context_length(self) -> int | None:
