@@ -17,8 +17,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job on the bundled model, offline, writing only into outputs/demo/: draw a picture from a prompt, then
+# answer a question about a shapes-world picture rendered here. `make demo DEMO_MODEL=DIR` uses another model.
+DEMO_DIR    := outputs/demo
+DEMO_MODEL  ?=
+VARGPT      := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/vargpt
+MODEL_ARG   := $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
+DEMO_SCENE  := Scene("triangle", "yellow", "purple", box=(12, 14, 47, 49))
+
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m transformers_vargpt.cli --output-dir outputs/demo
+	mkdir -p $(DEMO_DIR)
+	$(VARGPT) generate "Draw a red circle on a blue background." -o $(DEMO_DIR)/red_circle.png --seed 0 $(MODEL_ARG)
+	$(PY) -c 'from transformers_vargpt.shapes_world import Scene, render; render($(DEMO_SCENE), 64).save("$(DEMO_DIR)/yellow_triangle.png")'
+	$(VARGPT) ask $(DEMO_DIR)/yellow_triangle.png "What shape is in the image?" $(MODEL_ARG)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m pytest tests -q

@@ -1,6 +1,6 @@
 """Small, randomly initialised VARGPT models built entirely in-process (no Hub access).
 
-Used by `make demo` until a trained small model ships, by the tests and by the benchmarks. The tokenizer is a
+Used by the tests and by the benchmarks. The tokenizer is a
 word-level vocabulary built here, with the released special tokens added in the released order.
 """
 
