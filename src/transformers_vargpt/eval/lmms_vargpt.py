@@ -188,7 +188,7 @@ class VargptLmms(lmms):
         conversation = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
 
-    def document_images(self, doc_to_visual: Callable | None, task: str, split: str, doc_id: int) -> list:
+    def document_images(self, doc_to_visual: Callable | None, doc_id: int, task: str, split: str) -> list:
         """The RGB PIL images of one document (lmms-eval's `doc_to_visual`); VARGPT reads images only."""
         if doc_to_visual is None:
             return []
@@ -280,7 +280,7 @@ class VargptLmms(lmms):
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="vargpt generate_until")
         for chunk in collator.get_batched(n=self.batch_size, batch_fn=None):
             contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*chunk)
-            images = [self.document_images(*args) for args in zip(doc_to_visuals, tasks, splits, doc_ids)]
+            images = [self.document_images(*args) for args in zip(doc_to_visuals, doc_ids, tasks, splits)]
             texts = self.generate_batch(list(contexts), images, all_gen_kwargs[0])
             for context, gen_kwargs, text in zip(contexts, all_gen_kwargs, texts):
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
@@ -298,7 +298,7 @@ class VargptLmms(lmms):
         for request in tqdm(requests, disable=self.rank != 0, desc="vargpt generate_until_multi_round"):
             context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
-            images = self.document_images(doc_to_visual, task, split, doc_id)
+            images = self.document_images(doc_to_visual, doc_id, task, split)
             rounds, round_info, round_index = [], None, 0
             while True:
                 if round_index > 0:
