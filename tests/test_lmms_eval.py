@@ -189,6 +189,12 @@ def test_requests_without_a_model_or_with_other_media_fail_clearly(tiny_dir, mon
     monkeypatch.setattr(transformers_vargpt, "BUNDLED_MODEL", str(tiny_dir), raising=False)
     assert VargptLmms(device="cpu", dtype="float32").pretrained == str(tiny_dir)
 
+    # an already loaded model and processor stay where they are
+    model, processor = build_tiny_vargpt(seed=0)
+    assert VargptLmms(model=model, processor=processor).device == model.device
+    with pytest.raises(ValueError, match="both"):
+        VargptLmms(model=model)
+
     lm = make_lm(tiny_dir, batch_size=1)
     lm.task_dict[TASK][SPLIT][0] = {"images": ["video.mp4"]}
     with pytest.raises(TypeError, match="images only"):
@@ -209,7 +215,7 @@ def test_shapes_qa_task_end_to_end_through_the_python_api(tiny_dir):
         batch_size=4,
         limit=limit,
         log_samples=True,
-        task_manager=TaskManager("WARNING", include_path=str(TASKS_DIR)),
+        task_manager=TaskManager("WARNING", include_path=str(TASKS_DIR), include_defaults=False),
         bootstrap_iters=0,
     )
     metrics = output["results"]["vargpt_shapes_qa"]
@@ -227,7 +233,7 @@ def test_shapes_qa_task_end_to_end_through_the_python_api(tiny_dir):
 def test_shapes_qa_documents_are_the_shared_question_set_and_scored_by_exact_match():
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    task = get_task_dict(["vargpt_shapes_qa"], TaskManager("WARNING", include_path=str(TASKS_DIR)))["vargpt_shapes_qa"]
+    task = get_task_dict(["vargpt_shapes_qa"], TaskManager("WARNING", include_path=str(TASKS_DIR), include_defaults=False))["vargpt_shapes_qa"]
     docs = task.test_docs()
     records = question_set()
     assert len(docs) == len(records) == 24 * 4 * 3
@@ -239,17 +245,35 @@ def test_shapes_qa_documents_are_the_shared_question_set_and_scored_by_exact_mat
     assert task.process_results(color_doc, ["a " + color_doc["answer"]])["accuracy"] == 0.0
 
 
-def test_command_line_runs_the_offline_task(tiny_dir, tmp_path):
+def shapes_table_metrics(stdout: str) -> set[str]:
+    rows = [line for line in stdout.splitlines() if line.startswith("|vargpt_shapes_qa")]
+    return {row.split("|")[4].strip() for row in rows}
+
+
+def test_lmms_eval_command_line_finds_the_model_and_runs_the_offline_task(tiny_dir, tmp_path):
+    """lmms-eval's own command: the model found through the entry point, the task through --include_path."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [
-        sys.executable, "-m", "transformers_vargpt.eval", "--model", "vargpt",
+        sys.executable, "-m", "lmms_eval", "--model", "vargpt",
         "--model_args", f"pretrained={tiny_dir},dtype=float32,device=cpu",
-        "--tasks", "vargpt_shapes_qa", "--limit", "3", "--batch_size", "3",
+        "--tasks", "vargpt_shapes_qa", "--limit", "3", "--batch_size", "3", "--include_path", str(TASKS_DIR),
     ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Error during evaluation" not in result.stdout, result.stdout[-3000:]
-    table_rows = [line for line in result.stdout.splitlines() if line.startswith("|vargpt_shapes_qa")]
-    assert {row.split("|")[4].strip() for row in table_rows} == {
-        "accuracy", "shape_accuracy", "color_accuracy", "background_accuracy"
-    }
+    assert shapes_table_metrics(result.stdout) == {"accuracy", "shape_accuracy", "color_accuracy", "background_accuracy"}
+
+
+def test_package_command_line_adds_its_tasks_to_lmms_eval(tiny_dir, tmp_path, capsys, monkeypatch):
+    """`python -m transformers_vargpt.eval` is lmms-eval's command line with the package's tasks included."""
+    from transformers_vargpt.eval.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() hands lmms-eval its arguments through sys.argv
+    monkeypatch.chdir(tmp_path)
+    main([
+        "--model", "vargpt", "--model_args", f"pretrained={tiny_dir},dtype=float32,device=cpu",
+        "--tasks", "vargpt_shapes_qa", "--limit", "3", "--batch_size", "3", "--verbosity", "WARNING",
+    ])
+    stdout = capsys.readouterr().out
+    assert "Error during evaluation" not in stdout, stdout[-3000:]
+    assert shapes_table_metrics(stdout) == {"accuracy", "shape_accuracy", "color_accuracy", "background_accuracy"}

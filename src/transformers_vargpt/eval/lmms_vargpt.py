@@ -125,6 +125,7 @@ class VargptLmms(lmms):
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.accelerator = accelerator
 
+        keep_placement = model is not None and device is None and accelerator.num_processes == 1
         if model is None:
             pretrained = pretrained or getattr(transformers_vargpt, "BUNDLED_MODEL", None)
             if pretrained is None:
@@ -142,14 +143,14 @@ class VargptLmms(lmms):
                 **load_kwargs,
             )
             processor = AutoProcessor.from_pretrained(pretrained, **load_kwargs)
-            if device_map is None:
-                model = model.to(self._device)
+        if device_map is None and not keep_placement:
+            model = model.to(self._device)
+        else:
+            self._device = model.device  # inputs go where the model (or its first shard) is
         self.pretrained = pretrained
         self._model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        if device_map is not None:
-            self._device = model.device
         self.image_token = processor.image_token
         self._warned_keys: set[str] = set()
 
