@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # filelock._api, which filelock 4 removed.
 LMMS_EVAL := "lmms-eval>=0.7"
 LMMS_EVAL_RUNTIME := "filelock<4" evaluate loguru numexpr sacrebleu sentencepiece tenacity zstandard python-dotenv \
-	aiohttp protobuf pytz scipy cloudpickle chardet wcwidth
+	aiohttp protobuf pytz scipy cloudpickle chardet wcwidth pytablewriter
 
 .PHONY: install demo test bench clean
 
