@@ -87,6 +87,8 @@ class VargptLmms(lmms):
         batch_size: requests per forward pass (`--batch_size`); generation batches share generation arguments.
         attn_implementation: e.g. "sdpa", "eager", "flash_attention_2".
         trust_remote_code, revision: as for `from_pretrained`.
+        max_batch_size: accepted because lmms-eval passes `--max_batch_size`; batch sizes here are fixed.
+        model, processor (Python only): an already loaded model and its processor, used where they are.
     """
 
     is_simple = True
@@ -120,7 +122,7 @@ class VargptLmms(lmms):
         if accelerator.num_processes > 1 and device_map is None:
             # data parallel: lmms-eval shards the documents by rank; each process holds the whole model
             self._device = torch.device(f"cuda:{accelerator.local_process_index}")
-            self._rank, self._world_size = accelerator.local_process_index, accelerator.num_processes
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         else:
             self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.accelerator = accelerator
