@@ -9,6 +9,11 @@ import sys
 import PIL.Image
 import pytest
 import torch
+from PIL import ImageFile
+
+# lmms_eval.api.task sets PIL's global ImageFile.LOAD_TRUNCATED_IMAGES = True when imported; the other test modules
+# (truncated image files are rejected) must not inherit that, so each test here puts it back
+LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES
 
 pytest.importorskip("lmms_eval", reason='lmms-eval is not installed (pip install -e ".[eval]")')
 
@@ -20,7 +25,15 @@ from transformers_vargpt.eval.lmms_vargpt import VargptLmms, truncate_at_stop_se
 from transformers_vargpt.shapes_world import normalize_answer, question_set  # noqa: E402
 from transformers_vargpt.tiny_models import build_tiny_vargpt  # noqa: E402
 
+ImageFile.LOAD_TRUNCATED_IMAGES = LOAD_TRUNCATED_IMAGES
+
 TASK, SPLIT = "unit", "test"
+
+
+@pytest.fixture(autouse=True)
+def restore_pil_truncated_images_flag():
+    yield
+    ImageFile.LOAD_TRUNCATED_IMAGES = LOAD_TRUNCATED_IMAGES
 
 
 @pytest.fixture(scope="module")
