@@ -5,6 +5,13 @@ PY     := $(VENV)/bin/python
 # torch 2.13.0 resolves to the CPU build on these machines; users may have any torch>=2.4 (see pyproject.toml).
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# lmms-eval (the `eval` extra) goes in without its declared dependencies: it requires torchvision, and the package
+# index has only CUDA builds of torchvision, which cannot load next to the CPU torch pinned above (transformers' image
+# processors then fail to import). These are the ones it imports to evaluate; filelock<4 because lmms-eval 0.7 uses
+# filelock._api, which filelock 4 removed.
+LMMS_EVAL := "lmms-eval>=0.7"
+LMMS_EVAL_RUNTIME := "filelock<4" evaluate loguru numexpr sacrebleu sentencepiece tenacity zstandard python-dotenv \
+	aiohttp protobuf pytz scipy cloudpickle chardet wcwidth pytablewriter
 
 .PHONY: install demo test bench clean
 
@@ -13,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[train,test,bench,gradio]"
+	$(PY) -m pip install --quiet --no-deps $(LMMS_EVAL)
+	$(PY) -m pip install --quiet $(LMMS_EVAL_RUNTIME)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -69,3 +69,33 @@ def test_answers_and_prompts():
         scene.answer("size")
     with pytest.raises(ValueError, match="no box"):
         render(Scene("circle", "red", "blue"), 64)
+
+
+def test_question_set_is_the_held_out_pictures_asked_every_one_word_question():
+    from transformers_vargpt.shapes_world import ONE_WORD_KINDS, question_set
+
+    records = question_set(seed=3, images_per_combination=2, image_size=48)
+    assert len(records) == len(held_out_combinations()) * 2 * len(ONE_WORD_KINDS)
+    assert [r.kind for r in records[:6]] == list(ONE_WORD_KINDS) * 2  # picture by picture: any prefix asks all kinds
+    held = set(held_out_combinations())
+    for record in records:
+        assert record.scene.combination in held
+        assert record.question == QUESTIONS[record.kind]
+        assert record.answer == getattr(record.scene, record.kind)
+        assert record.image.size == (48, 48) and check_image(record.image).matches(record.scene)
+    # deterministic: the same arguments give the same pixels; another seed moves the shapes
+    again = question_set(seed=3, images_per_combination=2, image_size=48)
+    assert all(a.image.tobytes() == b.image.tobytes() and a.scene == b.scene for a, b in zip(records, again))
+    other = question_set(seed=4, images_per_combination=2, image_size=48)
+    assert [r.scene.box for r in other] != [r.scene.box for r in records]
+    with pytest.raises(ValueError, match="unknown question kind"):
+        question_set(kinds=("size",))
+
+
+def test_normalize_answer_ignores_case_spaces_and_one_trailing_period():
+    from transformers_vargpt.shapes_world import normalize_answer
+
+    assert normalize_answer("  Red. ") == "red"
+    assert normalize_answer("CIRCLE") == "circle"
+    assert normalize_answer("red..") == "red."
+    assert normalize_answer("a red circle") == "a red circle"

@@ -43,6 +43,11 @@ QUESTIONS = {
     "background": "What color is the background?",
     "describe": "Describe the image.",
 }
+# the questions answered with one word, scored by exact match (`normalize_answer`)
+ONE_WORD_KINDS = ("shape", "color", "background")
+# the held-out question set that every evaluation of a shapes-world model asks (`question_set`'s defaults)
+HELD_OUT_QUESTION_SEED = 12345
+HELD_OUT_IMAGES_PER_COMBINATION = 4
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,52 @@ def render(scene: Scene, image_size: int, palette: dict[str, tuple[int, int, int
     return draw(scene.shape, scene.box, palette[scene.color], palette[scene.background], image_size)
 
 
+@dataclass(frozen=True)
+class QuestionRecord:
+    """One question about one rendered picture and its right answer."""
+
+    image: Image.Image
+    kind: str
+    question: str
+    answer: str
+    scene: Scene
+
+
+def question_set(
+    seed: int = HELD_OUT_QUESTION_SEED,
+    images_per_combination: int = HELD_OUT_IMAGES_PER_COMBINATION,
+    image_size: int = 64,
+    kinds: tuple[str, ...] = ONE_WORD_KINDS,
+) -> list[QuestionRecord]:
+    """The held-out questions: pictures of the held-out combinations, each asked every question of `kinds`.
+
+    Pictures are `images_per_combination` per held-out combination (in `held_out_combinations` order), each at a
+    size and place drawn from `random.Random(seed)`; records run picture by picture, the kinds in the given order
+    (so any prefix asks every kind about the same number of pictures, give or take one). Plain PIL drawing from a
+    seeded generator: the same arguments give the same pixels on every machine. Every evaluation of a shapes-world
+    model (the bundled model's script, the lmms-eval task `vargpt_shapes_qa`) asks this one set.
+    """
+    for kind in kinds:
+        if kind not in QUESTIONS:
+            raise ValueError(f"unknown question kind {kind!r}; expected some of {sorted(QUESTIONS)}")
+    if images_per_combination < 1:
+        raise ValueError(f"images_per_combination must be at least 1, got {images_per_combination}")
+    rng = random.Random(seed)
+    records = []
+    for color, shape, background in held_out_combinations():
+        for _ in range(images_per_combination):
+            scene = Scene(shape=shape, color=color, background=background, box=random_box(rng, image_size))
+            image = render(scene, image_size)
+            records += [QuestionRecord(image, kind, QUESTIONS[kind], scene.answer(kind), scene) for kind in kinds]
+    return records
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as exact match compares it: stripped, lower-cased, one trailing period removed."""
+    text = text.strip().lower()
+    return text[:-1].strip() if text.endswith(".") else text
+
+
 # ---- the pixel checker ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckedImage:
@@ -234,7 +285,13 @@ __all__ = [
     "SHAPES",
     "GENERATION_PROMPTS",
     "QUESTIONS",
+    "ONE_WORD_KINDS",
+    "HELD_OUT_QUESTION_SEED",
+    "HELD_OUT_IMAGES_PER_COMBINATION",
     "Scene",
+    "QuestionRecord",
+    "question_set",
+    "normalize_answer",
     "CheckedImage",
     "all_combinations",
     "held_out_combinations",
