@@ -66,6 +66,8 @@ class VargptVQVAEConfig(PreTrainedConfig):
         num_residual_filters (`int`): how many Φ convs are shared over the scales (0: one per scale).
         scale_sizes (`list[int]`): side of the code map at each scale, small to large.
         image_size (`int`): side of the images, `scale_sizes[-1] * 2 ** (len(channel_multipliers) - 1)`.
+        norm_groups (`int`): groups of every GroupNorm (released: 32). A small VQVAE needs fewer groups than its
+            widths: with one channel per group, GroupNorm is an instance norm that erases each image's mean colour.
     """
 
     model_type = "vargpt_vqvae"
@@ -79,6 +81,7 @@ class VargptVQVAEConfig(PreTrainedConfig):
     num_residual_filters: int = 4
     scale_sizes: list[int] | tuple[int, ...] = RELEASED_PATCH_NUMS
     image_size: int = 256
+    norm_groups: int = 32
 
     def __post_init__(self, **kwargs):
         self.channel_multipliers = [int(m) for m in self.channel_multipliers]
@@ -105,9 +108,11 @@ class VargptVQVAEConfig(PreTrainedConfig):
                 f"image_size={self.image_size} does not match the last scale {self.scale_sizes[-1]} times the "
                 f"VQVAE downsampling {self.downsample_factor} (= {self.scale_sizes[-1] * self.downsample_factor})"
             )
-        if self.base_channels % 32 or any((self.base_channels * m) % 32 for m in self.channel_multipliers):
+        groups = self.norm_groups
+        widths = [self.base_channels] + [self.base_channels * m for m in self.channel_multipliers]
+        if groups < 1 or any(width % groups for width in widths):
             raise ValueError(
-                f"every VQVAE stage width must be a multiple of 32 (GroupNorm(32)); got base_channels="
+                f"every VQVAE stage width must be a multiple of norm_groups={groups} (GroupNorm); got base_channels="
                 f"{self.base_channels}, channel_multipliers={self.channel_multipliers}"
             )
 

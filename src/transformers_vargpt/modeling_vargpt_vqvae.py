@@ -7,26 +7,29 @@ of the filtered code maps is f̂, which the conv decoder turns into an image in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
 
 from .configuration_vargpt import VargptVQVAEConfig
 from .tokens_vargpt import num_image_gen_tokens
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class VQResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm1 = _group_norm(in_channels)
+        self.norm1 = _group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.norm2 = _group_norm(out_channels)
+        self.norm2 = _group_norm(out_channels, norm_groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.nin_shortcut = (
             nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else nn.Identity()
@@ -45,9 +48,9 @@ class VQResnetBlock(nn.Module):
 class VQAttnBlock(nn.Module):
     """Single-head self-attention over the pixels of a feature map."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm = _group_norm(channels)
+        self.norm = _group_norm(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, kernel_size=1)
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
 
@@ -113,12 +116,16 @@ class VQUpsample(nn.Module):
 class VQStage(nn.Module):
     """One resolution of the encoder or decoder: resnet blocks, optional attention after each, resampling."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, with_attention: bool, resample):
+    def __init__(
+        self, in_channels: int, out_channels: int, num_blocks: int, with_attention: bool, resample, norm_groups: int = 32
+    ):
         super().__init__()
         self.block = nn.ModuleList(
-            VQResnetBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(num_blocks)
+            VQResnetBlock(in_channels if i == 0 else out_channels, out_channels, norm_groups) for i in range(num_blocks)
         )
-        self.attn = nn.ModuleList(VQAttnBlock(out_channels) for _ in range(num_blocks if with_attention else 0))
+        self.attn = nn.ModuleList(
+            VQAttnBlock(out_channels, norm_groups) for _ in range(num_blocks if with_attention else 0)
+        )
         # the released checkpoint names the resampler after its direction
         self.resample_name = None
         if resample is not None:
@@ -134,11 +141,11 @@ class VQStage(nn.Module):
 
 
 class VQMiddle(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.block_1 = VQResnetBlock(channels, channels)
-        self.attn_1 = VQAttnBlock(channels)
-        self.block_2 = VQResnetBlock(channels, channels)
+        self.block_1 = VQResnetBlock(channels, channels, norm_groups)
+        self.attn_1 = VQAttnBlock(channels, norm_groups)
+        self.block_2 = VQResnetBlock(channels, channels, norm_groups)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -154,11 +161,18 @@ class VQEncoder(nn.Module):
         widths = [ch] + [ch * m for m in mults]
         last = len(mults) - 1
         self.down = nn.ModuleList(
-            VQStage(widths[i], widths[i + 1], config.num_res_blocks, i == last, VQDownsample if i != last else None)
+            VQStage(
+                widths[i],
+                widths[i + 1],
+                config.num_res_blocks,
+                i == last,
+                VQDownsample if i != last else None,
+                config.norm_groups,
+            )
             for i in range(len(mults))
         )
-        self.mid = VQMiddle(widths[-1])
-        self.norm_out = _group_norm(widths[-1])
+        self.mid = VQMiddle(widths[-1], config.norm_groups)
+        self.norm_out = _group_norm(widths[-1], config.norm_groups)
         self.conv_out = nn.Conv2d(widths[-1], config.z_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,17 +191,24 @@ class VQDecoder(nn.Module):
         last = len(mults) - 1
         top = ch * mults[last]
         self.conv_in = nn.Conv2d(config.z_channels, top, kernel_size=3, padding=1)
-        self.mid = VQMiddle(top)
+        self.mid = VQMiddle(top, config.norm_groups)
         stages = []
         in_channels = top
         for i in reversed(range(len(mults))):
             stages.insert(
                 0,
-                VQStage(in_channels, ch * mults[i], config.num_res_blocks + 1, i == last, VQUpsample if i else None),
+                VQStage(
+                    in_channels,
+                    ch * mults[i],
+                    config.num_res_blocks + 1,
+                    i == last,
+                    VQUpsample if i else None,
+                    config.norm_groups,
+                ),
             )
             in_channels = ch * mults[i]
         self.up = nn.ModuleList(stages)
-        self.norm_out = _group_norm(ch * mults[0])
+        self.norm_out = _group_norm(ch * mults[0], config.norm_groups)
         self.conv_out = nn.Conv2d(ch * mults[0], 3, kernel_size=3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -206,6 +227,29 @@ class ResidualFilter(nn.Conv2d):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h * (1 - self.ratio) + super().forward(h) * self.ratio
+
+
+@dataclass
+class MultiScaleQuantizerOutput(ModelOutput):
+    """What the training path of [`MultiScaleQuantizer`] returns.
+
+    Args:
+        f_hat (`torch.FloatTensor` of shape `(B, Cvae, S, S)`):
+            f̂ with the straight-through estimator: its value is the quantised f̂, its gradient flows to the features.
+        indices (`list[torch.LongTensor]`): code indices per scale, each `(B, s²)` (equal to `quantize`'s).
+        codebook_loss (`torch.FloatTensor`): MSE of the running f̂ to the detached features, averaged over scales
+            (trains the codebook and the Φ filters).
+        commitment_loss (`torch.FloatTensor`): MSE of the features to the detached running f̂, averaged over scales
+            (keeps the encoder close to its codes).
+        quantized_vectors (`list[torch.FloatTensor]`): per scale, the detached residual vectors that were snapped to
+            codes, each `(B·s², Cvae)`; the trainer re-initialises dead codes from them.
+    """
+
+    f_hat: torch.FloatTensor | None = None
+    indices: list[torch.LongTensor] | None = None
+    codebook_loss: torch.FloatTensor | None = None
+    commitment_loss: torch.FloatTensor | None = None
+    quantized_vectors: list[torch.FloatTensor] | None = None
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -245,21 +289,65 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def quantize(self, features: torch.Tensor) -> list[torch.LongTensor]:
         """Features f (B×Cvae×S×S) → code indices per scale, each B×s²."""
-        batch, channels, height, width = features.shape
+        batch, _, height, width = features.shape
         if (height, width) != (self.final_size, self.final_size):
             raise ValueError(f"feature map is {height}x{width}, expected {self.final_size}x{self.final_size}")
         residual = features.clone()
-        codebook = self.codebook.weight
-        codebook_sq = codebook.square().sum(dim=1)
         indices = []
         for si, side in enumerate(self.scale_sizes):
-            rest = residual if side == self.final_size else F.interpolate(residual, size=(side, side), mode="area")
-            rest = rest.permute(0, 2, 3, 1).reshape(-1, channels)
-            distance = rest.square().sum(dim=1, keepdim=True) + codebook_sq - 2 * rest @ codebook.T
-            idx = distance.argmin(dim=1).view(batch, side * side)
+            idx = self.nearest_codes(self.scale_residual(residual, side)).view(batch, side * side)
             residual = residual - self.scale_contribution(si, self.lookup(idx, side))
             indices.append(idx)
         return indices
+
+    def scale_residual(self, residual: torch.Tensor, side: int) -> torch.Tensor:
+        """Residual B×Cvae×S×S → the vectors quantised at a scale of `side`, (B·side²)×Cvae, row-major."""
+        rest = residual if side == self.final_size else F.interpolate(residual, size=(side, side), mode="area")
+        return rest.permute(0, 2, 3, 1).reshape(-1, residual.shape[1])
+
+    @torch.no_grad()
+    def nearest_codes(self, vectors: torch.Tensor) -> torch.LongTensor:
+        """Vectors N×Cvae → index of the nearest codebook entry (Euclidean), N."""
+        codebook = self.codebook.weight
+        distance = vectors.square().sum(dim=1, keepdim=True) + codebook.square().sum(dim=1) - 2 * vectors @ codebook.T
+        return distance.argmin(dim=1)
+
+    def quantize_with_losses(self, features: torch.Tensor, commitment_weight: float = 0.25) -> MultiScaleQuantizerOutput:
+        """The training path of `quantize` (VAR's `VectorQuantizer2.forward`): same codes, plus f̂ and the VQ losses.
+
+        The codes are chosen exactly as `quantize` chooses them; the code vectors and Φ filters stay differentiable,
+        so at every scale the running f̂ is pulled towards the features (codebook loss) and the features towards the
+        running f̂ (commitment loss, weighted by `commitment_weight`, VAR's β = 0.25, into `commitment_loss`).
+
+        Args:
+            features: f (B×Cvae×S×S), the output of `quant_conv`.
+        """
+        batch, _, height, width = features.shape
+        if (height, width) != (self.final_size, self.final_size):
+            raise ValueError(f"feature map is {height}x{width}, expected {self.final_size}x{self.final_size}")
+        target = features.detach()
+        residual = target.clone()
+        f_hat = torch.zeros_like(target)
+        indices, quantized_vectors = [], []
+        codebook_loss = commitment_loss = 0.0
+        for si, side in enumerate(self.scale_sizes):
+            vectors = self.scale_residual(residual, side)
+            idx = self.nearest_codes(vectors).view(batch, side * side)
+            contribution = self.scale_contribution(si, self.lookup(idx, side))
+            residual = residual - contribution.detach()
+            f_hat = f_hat + contribution
+            codebook_loss = codebook_loss + F.mse_loss(f_hat, target)
+            commitment_loss = commitment_loss + F.mse_loss(features, f_hat.detach())
+            indices.append(idx)
+            quantized_vectors.append(vectors)
+        num_scales = len(self.scale_sizes)
+        return MultiScaleQuantizerOutput(
+            f_hat=features + (f_hat - features).detach(),
+            indices=indices,
+            codebook_loss=codebook_loss / num_scales,
+            commitment_loss=commitment_weight * commitment_loss / num_scales,
+            quantized_vectors=quantized_vectors,
+        )
 
     def split_scales(self, tokens: torch.LongTensor) -> list[torch.LongTensor]:
         """Concatenated indices (B×L) → per-scale indices."""
@@ -383,4 +471,4 @@ class VargptVQVAE(PreTrainedModel):
         return tokens, self.decode(tokens)
 
 
-__all__ = ["VargptVQVAE", "MultiScaleQuantizer"]
+__all__ = ["VargptVQVAE", "MultiScaleQuantizer", "MultiScaleQuantizerOutput"]

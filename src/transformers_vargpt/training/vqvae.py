@@ -1,0 +1,408 @@
+"""Training VAR's multi-scale residual VQVAE (`VargptVQVAE`) from scratch on the shapes world, and its evaluation.
+
+Losses (VAR trained its VQVAE with L1 + LPIPS + a patch GAN; no pretrained perceptual network exists here and a GAN
+does not settle in minutes on a CPU, so the perceptual part is replaced by an edge term):
+
+- reconstruction: L1 on pixels + L1 on horizontal / vertical pixel differences (the edge term: it penalises blurred
+  or shifted shape borders, which the pixel checker and the later generation stages care about, much more than a
+  flat L1 does, at no cost);
+- VQ: at every scale of the residual quantization the running f̂ is pulled towards the encoder features (codebook
+  loss) and the features towards f̂ (commitment loss, β = 0.25), averaged over scales; the decoder sees f̂ through the
+  straight-through estimator ([`MultiScaleQuantizer.quantize_with_losses`]);
+- codebook upkeep: every `restart_every` steps the codes no scale chose since the previous check are re-initialised
+  to residual vectors the encoder just produced (VAR tracks the same hits in `ema_vocab_hit_SV`), so the whole
+  codebook stays in use; restarts stop for the last `final_steps_without_restarts` steps so the codebook settles.
+
+Training images are rendered on the fly: shapes-world scenes (`shapes_world.random_scene`) in palette colours and,
+with probability `random_color_fraction`, the same shapes and boxes in uniformly random RGB colours, so that a later
+fine-tune can teach a colour the generator has never drawn. All palette combinations are used, held-out ones included:
+the VQVAE must encode every picture; the held-out split concerns the language model, not the image codec.
+
+Command line (writes `save_pretrained` files and `vqvae_eval.json` into `--output`)::
+
+    python -m transformers_vargpt.training.vqvae --output vqvae-shapes --image-size 64 --steps 1500
+    python -m transformers_vargpt.training.vqvae --output vqvae-shapes --eval-only   # re-evaluate a saved model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from ..configuration_vargpt import VargptVQVAEConfig
+from ..modeling_vargpt_vqvae import MultiScaleQuantizer, VargptVQVAE
+from ..shapes_world import PALETTE, SHAPES, all_combinations, check_image, draw, random_box, random_scene
+
+logger = logging.getLogger(__name__)
+
+EVAL_FILE_NAME = "vqvae_eval.json"
+
+
+@dataclass
+class VQVAETrainingArguments:
+    """Options of `python -m transformers_vargpt.training.vqvae` (sizes, optimisation, data, evaluation)."""
+
+    output: str = field(metadata={"help": "Directory the trained VQVAE (save_pretrained) and vqvae_eval.json go to."})
+    image_size: int = field(default=64, metadata={"help": "Side of the square training images in pixels."})
+    scale_sizes: list[int] = field(
+        default_factory=lambda: [1, 2, 3, 4, 6, 8],
+        metadata={"help": "Side of the code map at each scale; the last one times the downsampling is image_size."},
+    )
+    vocab_size: int = field(default=512, metadata={"help": "Codebook entries."})
+    z_channels: int = field(default=16, metadata={"help": "Width of a code vector (Cvae)."})
+    base_channels: int = field(default=32, metadata={"help": "Width of the first conv stage."})
+    norm_groups: int = field(
+        default=8, metadata={"help": "GroupNorm groups (every width must be a multiple; 32 = one channel per group)."}
+    )
+    channel_multipliers: list[int] = field(
+        default_factory=lambda: [1, 1, 1, 1],
+        metadata={"help": "Per-stage width multipliers; len - 1 stages downsample by 2."},
+    )
+    num_res_blocks: int = field(
+        default=0, metadata={"help": "Resnet blocks per encoder stage (decoder stages use one more)."}
+    )
+    steps: int = field(default=1500, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=16, metadata={"help": "Images per step."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay to 5%)."})
+    warmup_steps: int = field(default=50, metadata={"help": "Linear warmup steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    commitment_weight: float = field(default=0.25, metadata={"help": "β of the commitment loss (VAR: 0.25)."})
+    vq_loss_weight: float = field(default=1.0, metadata={"help": "Weight of codebook + commitment losses."})
+    edge_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the L1 loss on pixel differences."})
+    random_color_fraction: float = field(
+        default=0.5, metadata={"help": "Share of training scenes in uniformly random RGB colours (else palette)."}
+    )
+    restart_every: int = field(default=20, metadata={"help": "Steps between dead-code re-initialisations."})
+    final_steps_without_restarts: int = field(
+        default=200, metadata={"help": "No dead-code re-initialisation in the last this many steps."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the weights and the training scenes."})
+    eval_seed: int = field(default=12345, metadata={"help": "Seed of the evaluation scenes (differs from training)."})
+    eval_scenes: int = field(default=500, metadata={"help": "Palette scenes in the evaluation."})
+    eval_random_color_scenes: int = field(default=200, metadata={"help": "Random-colour scenes in the evaluation."})
+    eval_only: bool = field(default=False, metadata={"help": "Only evaluate the VQVAE already saved in --output."})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
+    log_every: int = field(default=50, metadata={"help": "Steps between logged loss averages."})
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0.0 <= self.random_color_fraction <= 1.0:
+            raise ValueError(f"random_color_fraction must be in [0, 1], got {self.random_color_fraction}")
+        if self.restart_every < 1:
+            raise ValueError(f"restart_every must be >= 1, got {self.restart_every}")
+
+    def vqvae_config(self) -> VargptVQVAEConfig:
+        """The config of the VQVAE these arguments train (sizes are checked by `VargptVQVAEConfig`)."""
+        return VargptVQVAEConfig(
+            vocab_size=self.vocab_size,
+            z_channels=self.z_channels,
+            base_channels=self.base_channels,
+            channel_multipliers=list(self.channel_multipliers),
+            num_res_blocks=self.num_res_blocks,
+            scale_sizes=list(self.scale_sizes),
+            image_size=self.image_size,
+            norm_groups=self.norm_groups,
+        )
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+def random_color_scene_image(rng: random.Random, image_size: int, min_distance: float = 40.0) -> Image.Image:
+    """A world shape and box in uniformly random RGB shape / background colours at least `min_distance` apart."""
+    while True:
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        background = tuple(rng.randrange(256) for _ in range(3))
+        if math.dist(fill, background) >= min_distance:
+            break
+    return draw(rng.choice(SHAPES), random_box(rng, image_size), fill, background, image_size)
+
+
+def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images → B×3×H×W float tensor in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).div(127.5).sub(1.0).contiguous()
+
+
+def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """B×3×H×W tensor in [-1, 1] → B×H×W×3 uint8 array."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def training_batch(rng: random.Random, batch_size: int, image_size: int, random_color_fraction: float) -> torch.Tensor:
+    """A batch of freshly rendered training images (B×3×H×W in [-1, 1]): palette scenes and random-colour scenes."""
+    combinations = all_combinations()
+    images = []
+    for _ in range(batch_size):
+        if rng.random() < random_color_fraction:
+            images.append(random_color_scene_image(rng, image_size))
+        else:
+            scene = random_scene(rng, image_size, combinations)
+            images.append(draw(scene.shape, scene.box, PALETTE[scene.color], PALETTE[scene.background], image_size))
+    return images_to_tensor(images)
+
+
+# ---- losses and codebook upkeep --------------------------------------------------------------------------------------
+def edge_l1_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel differences of two B×3×H×W images."""
+    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]  # noqa: E731
+    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]  # noqa: E731
+    return F.l1_loss(dx(reconstruction), dx(target)) + F.l1_loss(dy(reconstruction), dy(target))
+
+
+def vqvae_training_losses(
+    model: VargptVQVAE, pixel_values: torch.Tensor, commitment_weight: float = 0.25
+) -> tuple[dict[str, torch.Tensor], list[torch.LongTensor], list[torch.Tensor]]:
+    """One differentiable round trip: images (B×3×H×W in [-1, 1]) → losses, codes per scale, quantised vectors.
+
+    The decoder output is not clamped here (a clamp would stop the gradient of saturated pixels).
+    """
+    features = model.quant_conv(model.encoder(pixel_values))
+    quantized = model.quantizer.quantize_with_losses(features, commitment_weight=commitment_weight)
+    reconstruction = model.decoder(model.post_quant_conv(quantized.f_hat))
+    losses = {
+        "l1": F.l1_loss(reconstruction, pixel_values),
+        "edge": edge_l1_loss(reconstruction, pixel_values),
+        "codebook": quantized.codebook_loss,
+        "commitment": quantized.commitment_loss,
+    }
+    return losses, quantized.indices, quantized.quantized_vectors
+
+
+class CodebookUsage:
+    """Which codes any scale chose since the last check; dead ones are re-initialised from encoder residuals."""
+
+    def __init__(self, vocab_size: int):
+        self.hits = torch.zeros(vocab_size, dtype=torch.long)
+
+    def update(self, indices: list[torch.LongTensor]) -> None:
+        for idx in indices:
+            self.hits += torch.bincount(idx.flatten().cpu(), minlength=self.hits.numel())
+
+    def restart_dead_codes(
+        self,
+        quantizer: MultiScaleQuantizer,
+        vectors: torch.Tensor,
+        generator: torch.Generator,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> int:
+        """Set every code without hits to a random row of `vectors` (N×Cvae) plus a little noise; reset counts.
+
+        The AdamW moments of the re-initialised rows are zeroed, so the old code's momentum does not drag the new one.
+        Returns how many codes were re-initialised.
+        """
+        dead = torch.nonzero(self.hits == 0).flatten()
+        self.hits.zero_()
+        if dead.numel() == 0 or vectors.shape[0] == 0:
+            return 0
+        weight = quantizer.codebook.weight
+        rows = torch.randint(vectors.shape[0], (dead.numel(),), generator=generator)
+        noise = torch.randn(dead.numel(), vectors.shape[1], generator=generator) * 0.01 * vectors.std()
+        with torch.no_grad():
+            weight[dead.to(weight.device)] = (vectors.cpu()[rows] + noise).to(weight)
+        if optimizer is not None:
+            for moment in optimizer.state.get(weight, {}).values():
+                if torch.is_tensor(moment) and moment.shape == weight.shape:
+                    moment[dead.to(moment.device)] = 0
+        return int(dead.numel())
+
+
+def reset_conv_weights(model: VargptVQVAE) -> None:
+    """Give every conv PyTorch's default (Kaiming-uniform) init instead of `post_init`'s N(0, 0.02).
+
+    The released weights never needed an init; from scratch, N(0, 0.02) shrinks the signal of a 3×3 conv over 32
+    channels about 3× per layer, and the encoder's down path and the decoder's main path have no norm to undo that.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.reset_parameters()
+
+
+def learning_rate_at(step: int, args: VQVAETrainingArguments) -> float:
+    """Linear warmup, then cosine decay to 5% of the peak."""
+    if step < args.warmup_steps:
+        return args.learning_rate * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) -> tuple[VargptVQVAE, dict]:
+    """Train a VQVAE on freshly rendered shapes-world images; returns the model (eval mode) and training statistics."""
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    if model is None:
+        model = VargptVQVAE(args.vqvae_config())
+        reset_conv_weights(model)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    usage = CodebookUsage(model.config.vocab_size)
+    logger.info(
+        "training a %.2fM-parameter VQVAE for %d steps of %d images",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        args.steps,
+        args.batch_size,
+    )
+    running: dict[str, float] = {}
+    restarted = 0
+    start = time.perf_counter()
+    progress = tqdm(range(args.steps), desc="vqvae", disable=None)
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, args)
+        pixels = training_batch(rng, args.batch_size, args.image_size, args.random_color_fraction)
+        losses, indices, vectors = vqvae_training_losses(model, pixels, args.commitment_weight)
+        loss = (
+            losses["l1"]
+            + args.edge_loss_weight * losses["edge"]
+            + args.vq_loss_weight * (losses["codebook"] + losses["commitment"])
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+
+        usage.update(indices)
+        # step 0 re-initialises the codes the first batch left unused: the codebook starts from encoder outputs
+        if (step == 0 or (step + 1) % args.restart_every == 0) and step < args.steps - args.final_steps_without_restarts:
+            restarted += usage.restart_dead_codes(model.quantizer, torch.cat(vectors), generator, optimizer)
+        for name, value in {"loss": loss, **losses}.items():
+            running[name] = running.get(name, 0.0) + value.item()
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            count = (step % args.log_every) + 1
+            averages = {name: total / count for name, total in running.items()}
+            progress.set_postfix(loss=f"{averages['loss']:.4f}", l1=f"{averages['l1']:.4f}")
+            logger.info(
+                "step %d/%d %s restarted=%d (%.2f steps/s)",
+                step + 1,
+                args.steps,
+                " ".join(f"{k}={v:.4f}" for k, v in averages.items()),
+                restarted,
+                (step + 1) / (time.perf_counter() - start),
+            )
+            running = {}
+    seconds = time.perf_counter() - start
+    model.eval()
+    return model, {"train_seconds": seconds, "steps_per_second": args.steps / seconds, "restarted_codes": restarted}
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+def _region_color_error(reconstruction: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int]) -> float:
+    """Euclidean RGB distance between the median reconstructed colour inside `mask` and the true colour."""
+    return float(np.linalg.norm(np.median(reconstruction[mask].astype(np.float64), axis=0) - np.asarray(rgb)))
+
+
+@torch.no_grad()
+def reconstruct(model: VargptVQVAE, images: torch.Tensor, batch_size: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inference round trip (`tokenize`, then `decode`): images B×3×H×W → (codes B×L, reconstructions)."""
+    tokens, recons = [], []
+    for chunk in images.split(batch_size):
+        chunk_tokens = model.tokenize(chunk)
+        tokens.append(chunk_tokens)
+        recons.append(model.decode_fhat(model.tokens_to_fhat(chunk_tokens), images_per_call=chunk.shape[0]))
+    return torch.cat(tokens), torch.cat(recons)
+
+
+def evaluate_vqvae(
+    model: VargptVQVAE, num_scenes: int = 500, num_random_color_scenes: int = 200, seed: int = 12345
+) -> dict:
+    """Reconstruction quality on freshly rendered scenes (seeded), through the inference path.
+
+    Palette scenes: share whose reconstruction `check_image` reads as the scene (shape, colour and background), mean
+    absolute pixel error (0–255), codebook usage (share of codes chosen at any scale). Random-colour scenes (colours
+    ≥ 100 apart): median reconstructed shape / background colour's RGB distance to the true one (mean and maximum)
+    and the share `check_image` reads right against a two-colour palette of the true colours.
+    """
+    model.eval()
+    size = model.config.image_size
+    rng = random.Random(seed)
+    scenes = [random_scene(rng, size) for _ in range(num_scenes)]
+    truth = np.stack([np.asarray(draw(s.shape, s.box, PALETTE[s.color], PALETTE[s.background], size)) for s in scenes])
+    tokens, recons = reconstruct(model, images_to_tensor([Image.fromarray(t) for t in truth]))
+    recons = tensor_to_uint8(recons)
+    matches = [check_image(recon).matches(scene) for recon, scene in zip(recons, scenes)]
+    used = torch.unique(tokens).numel()
+
+    color_errors, background_errors, color_matches = [], [], []
+    for _ in range(num_random_color_scenes):
+        while True:
+            fill = tuple(rng.randrange(256) for _ in range(3))
+            background = tuple(rng.randrange(256) for _ in range(3))
+            if math.dist(fill, background) >= 100:
+                break
+        shape, box = rng.choice(SHAPES), random_box(rng, size)
+        image = draw(shape, box, fill, background, size)
+        mask = np.asarray(draw(shape, box, (255, 255, 255), (0, 0, 0), size))[..., 0] > 0
+        recon = tensor_to_uint8(reconstruct(model, images_to_tensor([image]))[1])[0]
+        color_errors.append(_region_color_error(recon, mask, fill))
+        background_errors.append(_region_color_error(recon, ~mask, background))
+        checked = check_image(recon, palette={"shape": fill, "background": background})
+        color_matches.append((checked.shape, checked.color, checked.background) == (shape, "shape", "background"))
+
+    results = {
+        "palette_scenes": num_scenes,
+        "palette_match_rate": float(np.mean(matches)),
+        "mean_abs_pixel_error": float(np.abs(recons.astype(np.float64) - truth).mean()),
+        "codebook_usage": used / model.config.vocab_size,
+        "codes_used": used,
+        "random_color_scenes": num_random_color_scenes,
+    }
+    if num_random_color_scenes:
+        results.update(
+            {
+                "random_color_shape_error_mean": float(np.mean(color_errors)),
+                "random_color_shape_error_max": float(np.max(color_errors)),
+                "random_color_background_error_mean": float(np.mean(background_errors)),
+                "random_color_match_rate": float(np.mean(color_matches)),
+            }
+        )
+    return results
+
+
+# ---- command line --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    """Train (or with `--eval-only` load) a VQVAE, evaluate it and write it plus `vqvae_eval.json` to `--output`."""
+    parser = HfArgumentParser(VQVAETrainingArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = Path(args.output)
+    if args.eval_only:
+        if not (output / "config.json").is_file():
+            raise SystemExit(f"--eval-only: no saved VQVAE in {output} (config.json missing)")
+        model = VargptVQVAE.from_pretrained(output)
+        stats: dict = {}
+    else:
+        model, stats = train_vqvae(args)
+        output.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output)
+    logger.info("evaluating on %d palette and %d random-colour scenes", args.eval_scenes, args.eval_random_color_scenes)
+    results = {
+        **evaluate_vqvae(model, args.eval_scenes, args.eval_random_color_scenes, seed=args.eval_seed),
+        "eval_seed": args.eval_seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **stats,
+    }
+    if not args.eval_only:
+        results["arguments"] = {k: v for k, v in asdict(args).items() if k not in ("output", "eval_only")}
+    (output / EVAL_FILE_NAME).write_text(json.dumps(results, indent=2) + "\n")
+    logger.info("evaluation: %s", json.dumps({k: v for k, v in results.items() if k != "arguments"}))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,147 @@
+"""VQVAE training (`transformers_vargpt.training.vqvae`): losses, straight-through codes, codebook upkeep, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from transformers_vargpt import VargptVQVAE, VargptVQVAEConfig
+from transformers_vargpt.shapes_world import PALETTE
+from transformers_vargpt.training.vqvae import (
+    EVAL_FILE_NAME,
+    CodebookUsage,
+    main,
+    training_batch,
+    vqvae_training_losses,
+)
+
+IMAGE_SIZE = 16
+
+
+def tiny_config(**overrides) -> VargptVQVAEConfig:
+    sizes = dict(
+        vocab_size=32,
+        z_channels=8,
+        base_channels=32,
+        channel_multipliers=[1, 1],
+        num_res_blocks=0,
+        scale_sizes=[1, 2, 4, 8],
+        image_size=IMAGE_SIZE,
+        norm_groups=8,
+    )
+    return VargptVQVAEConfig(**{**sizes, **overrides})
+
+
+def tiny_batch(seed: int = 0, batch_size: int = 4) -> torch.Tensor:
+    return training_batch(random.Random(seed), batch_size, IMAGE_SIZE, random_color_fraction=0.5)
+
+
+def test_training_batches_mix_palette_and_random_colors():
+    palette = {tuple(rgb) for rgb in PALETTE.values()}
+    for fraction, expect_palette in ((0.0, True), (1.0, False)):
+        images = training_batch(random.Random(1), 6, IMAGE_SIZE, random_color_fraction=fraction)
+        assert images.shape == (6, 3, IMAGE_SIZE, IMAGE_SIZE) and images.min() >= -1 and images.max() <= 1
+        pixels = ((images + 1) * 127.5).round().to(torch.int64).permute(0, 2, 3, 1).reshape(-1, 3)
+        colors = {tuple(rgb) for rgb in pixels.tolist()}
+        assert (colors <= palette) is expect_palette
+
+
+def test_training_path_codes_equal_inference_codes():
+    torch.manual_seed(0)
+    model = VargptVQVAE(tiny_config())
+    pixels = tiny_batch()
+    features = model.quant_conv(model.encoder(pixels))
+    output = model.quantizer.quantize_with_losses(features)
+    expected = model.encode(pixels)
+    assert len(output.indices) == len(expected)
+    for got, want in zip(output.indices, expected):
+        assert torch.equal(got, want)
+    # the straight-through f̂ has the value of the inference f̂ and passes gradients to the features
+    torch.testing.assert_close(output.f_hat, model.quantizer.indices_to_fhat(expected), atol=1e-5, rtol=1e-5)
+    (output.f_hat.sum() + output.codebook_loss + output.commitment_loss).backward()
+    assert model.encoder.conv_in.weight.grad is not None and model.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert model.quantizer.codebook.weight.grad.abs().sum() > 0
+    assert model.quantizer.residual_filters[0].weight.grad.abs().sum() > 0
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = VargptVQVAE(tiny_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    pixels = tiny_batch(seed=3)
+    totals = []
+    for _ in range(12):
+        losses, _, _ = vqvae_training_losses(model, pixels)
+        loss = losses["l1"] + losses["edge"] + losses["codebook"] + losses["commitment"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(loss.item())
+    assert totals[-1] < 0.85 * totals[0]
+
+
+def test_dead_codes_are_reinitialised_from_encoder_vectors():
+    torch.manual_seed(0)
+    model = VargptVQVAE(tiny_config(vocab_size=8))
+    quantizer = model.quantizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    vectors = torch.randn(20, model.config.z_channels)
+    with torch.no_grad():
+        quantizer.codebook.weight[:5] = vectors[:5]  # codes 0..4 are each the nearest code of at least one vector
+        quantizer.codebook.weight[5:] = 1000.0  # codes 5, 6, 7 are far from everything: never chosen
+    quantizer.codebook.weight.sum().backward()
+    optimizer.step()  # creates the AdamW moments
+    usage = CodebookUsage(8)
+    usage.update([quantizer.nearest_codes(vectors[:12]), quantizer.nearest_codes(vectors[12:])])
+    assert (usage.hits[:5] > 0).all() and usage.hits[5:].sum() == 0 and usage.hits.sum() == 20
+    before = quantizer.codebook.weight.detach().clone()
+
+    restarted = usage.restart_dead_codes(quantizer, vectors, torch.Generator().manual_seed(0), optimizer)
+
+    after = quantizer.codebook.weight.detach()
+    assert restarted == 3
+    torch.testing.assert_close(after[:5], before[:5])
+    for code in after[5:]:  # each new code is one of the vectors, up to 1% noise
+        assert (vectors - code).norm(dim=1).min() < 0.05 * vectors.norm(dim=1).mean()
+    state = optimizer.state[quantizer.codebook.weight]
+    assert state["exp_avg"][5:].abs().sum() == 0 and state["exp_avg_sq"][5:].abs().sum() == 0
+    assert usage.hits.sum() == 0  # counting starts again
+
+
+def test_cli_trains_saves_and_evaluates(tmp_path):
+    output = tmp_path / "vqvae"
+    argv = [
+        "--output", str(output), "--image-size", str(IMAGE_SIZE), "--scale-sizes", "1", "2", "4", "8",
+        "--channel-multipliers", "1", "1", "--vocab-size", "32", "--z-channels", "8", "--steps", "2",
+        "--batch-size", "2", "--warmup-steps", "1", "--restart-every", "1", "--final-steps-without-restarts", "0",
+        "--eval-scenes", "3", "--eval-random-color-scenes", "2", "--log-every", "1",
+    ]  # fmt: skip
+    results = main(argv)
+    reloaded = VargptVQVAE.from_pretrained(output)
+    assert reloaded.config.image_size == IMAGE_SIZE and reloaded.config.scale_sizes == [1, 2, 4, 8]
+    saved = json.loads((output / EVAL_FILE_NAME).read_text())
+    assert saved["palette_scenes"] == 3 and saved["arguments"]["steps"] == 2
+    assert 0.0 <= saved["palette_match_rate"] <= 1.0 and 0 < saved["codebook_usage"] <= 1.0
+    assert np.isfinite(saved["random_color_shape_error_mean"]) and saved == json.loads(json.dumps(results))
+
+    again = main(["--output", str(output), "--eval-only", "--eval-scenes", "3", "--eval-random-color-scenes", "2"])
+    assert again["mean_abs_pixel_error"] == pytest.approx(results["mean_abs_pixel_error"], abs=1e-6)
+
+
+def test_norm_groups_must_divide_every_width():
+    assert tiny_config(norm_groups=8).norm_groups == 8
+    with pytest.raises(ValueError, match="multiple of norm_groups=32"):
+        tiny_config(base_channels=16, norm_groups=32)
+    # groups change how GroupNorm normalises, never the parameter shapes: weights load across group counts
+    a, b = VargptVQVAE(tiny_config(norm_groups=8)), VargptVQVAE(tiny_config(norm_groups=32))
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert a.decoder.norm_out.num_groups == 8 and b.decoder.norm_out.num_groups == 32
+
+
+def test_eval_only_without_a_saved_model_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no saved VQVAE"):
+        main(["--output", str(tmp_path / "missing"), "--eval-only"])
