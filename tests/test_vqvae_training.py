@@ -131,6 +131,14 @@ def test_cli_trains_saves_and_evaluates(tmp_path):
     again = main(["--output", str(output), "--eval-only", "--eval-scenes", "3", "--eval-random-color-scenes", "2"])
     assert again["mean_abs_pixel_error"] == pytest.approx(results["mean_abs_pixel_error"], abs=1e-6)
 
+    # --init-from goes on from the saved weights (and keeps their sizes)
+    more = tmp_path / "more"
+    main(["--output", str(more), "--init-from", str(output), "--steps", "1", "--batch-size", "2", "--warmup-steps", "1",
+          "--vocab-size", "64", "--eval-scenes", "1", "--eval-random-color-scenes", "0"])  # fmt: skip
+    continued = VargptVQVAE.from_pretrained(more)
+    assert continued.config.vocab_size == 32 and continued.config.image_size == IMAGE_SIZE
+    assert not torch.equal(continued.encoder.conv_in.weight, reloaded.encoder.conv_in.weight)
+
 
 def test_norm_groups_must_divide_every_width():
     assert tiny_config(norm_groups=8).norm_groups == 8

@@ -22,6 +22,7 @@ Command line (writes `save_pretrained` files and `vqvae_eval.json` into `--outpu
 
     python -m transformers_vargpt.training.vqvae --output vqvae-shapes --image-size 64 --steps 1500
     python -m transformers_vargpt.training.vqvae --output vqvae-shapes --eval-only   # re-evaluate a saved model
+    python -m transformers_vargpt.training.vqvae --output vqvae-more --init-from vqvae-shapes --steps 300  # go on
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class VQVAETrainingArguments:
     eval_seed: int = field(default=12345, metadata={"help": "Seed of the evaluation scenes (differs from training)."})
     eval_scenes: int = field(default=500, metadata={"help": "Palette scenes in the evaluation."})
     eval_random_color_scenes: int = field(default=200, metadata={"help": "Random-colour scenes in the evaluation."})
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "Start from the VQVAE saved in this directory (its sizes win) instead of a fresh one."},
+    )
     eval_only: bool = field(default=False, metadata={"help": "Only evaluate the VQVAE already saved in --output."})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     log_every: int = field(default=50, metadata={"help": "Steps between logged loss averages."})
@@ -387,7 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
         model = VargptVQVAE.from_pretrained(output)
         stats: dict = {}
     else:
-        model, stats = train_vqvae(args)
+        initial = VargptVQVAE.from_pretrained(args.init_from) if args.init_from else None
+        model, stats = train_vqvae(args, initial)
         output.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(output)
     logger.info("evaluating on %d palette and %d random-colour scenes", args.eval_scenes, args.eval_random_color_scenes)
