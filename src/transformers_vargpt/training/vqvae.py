@@ -268,7 +268,7 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, args)
-        pixels = training_batch(rng, args.batch_size, args.image_size, args.random_color_fraction)
+        pixels = training_batch(rng, args.batch_size, model.config.image_size, args.random_color_fraction)
         losses, indices, vectors = vqvae_training_losses(model, pixels, args.commitment_weight)
         loss = (
             losses["l1"]
