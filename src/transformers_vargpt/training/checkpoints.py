@@ -4,7 +4,8 @@ A job killed while writing a checkpoint (or a full disk) leaves truncated files;
 `torch.load` / safetensors with a message that names no file, or resumes from the broken directory again. Each file
 is checked cheaply here, without loading it: a safetensors file must be as long as its header says, a torch file
 (`optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, `training_args.bin`, ...) must be a complete zip archive, and JSON
-files (`trainer_state.json`, ...) must parse.
+files (`trainer_state.json`, ...) must parse. Only the checkpoint directory's own files are checked, not the
+subdirectories of DeepSpeed / FSDP sharded states.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _safetensors_problem(path: Path) -> str | None:
 
 def _torch_file_problem(path: Path) -> str | None:
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # the start of torch's zip format, without its end
+                return f"truncated ({path.stat().st_size} bytes, a zip archive without its central directory)"
         try:  # a file saved with the legacy (non-zip) torch format
             torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:
@@ -76,7 +80,8 @@ def checkpoint_problems(checkpoint: str | os.PathLike) -> list[str]:
     problems = []
     if not (directory / "trainer_state.json").is_file():
         problems.append(f"{directory / 'trainer_state.json'}: missing")
-    if not any((directory / name).is_file() for name in WEIGHT_FILES + _WEIGHT_INDEXES):
+    sharded_state = any(path.is_dir() for path in directory.iterdir())  # DeepSpeed `global_step*/`, FSDP shards
+    if not sharded_state and not any((directory / name).is_file() for name in WEIGHT_FILES + _WEIGHT_INDEXES):
         problems.append(f"{directory}: no model weights ({', '.join(WEIGHT_FILES)})")
     for path in sorted(directory.iterdir()):
         if not path.is_file():

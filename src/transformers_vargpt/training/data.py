@@ -27,7 +27,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ def _turns(example: dict[str, Any], key: str, role_key: str, content_key: str, w
             f"{type(turns).__name__} {_preview(turns)}"
         )
     for position, turn in enumerate(turns):
-        if not isinstance(turn, dict):
+        if not isinstance(turn, Mapping):
             raise ValueError(
                 f"{where}: turn {position} of {key!r} must be a dict with {role_key!r} and {content_key!r}, got "
                 f"{type(turn).__name__} {_preview(turn)}"
@@ -137,7 +137,7 @@ def normalize_example(
     """
     if where is None:
         where = f"example {index}" if index is not None else "example"
-    if not isinstance(example, dict):
+    if not isinstance(example, Mapping):  # a dict, or a `datasets` row
         raise ValueError(f"{where}: an example must be a JSON object, got {type(example).__name__} {_preview(example)}")
     if example.get("messages") is not None:
         turns = _turns(example, "messages", "role", "content", where)
