@@ -520,7 +520,7 @@ def test_cli_reads_a_yaml_config(workdir, tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(workdir, tmp_path):
     big, accumulated = tmp_path / "big", tmp_path / "accumulated"
-    common = ("--max_steps", "3", "--learning_rate", "1e-3", "--gradient_checkpointing", "false")
+    common = ("--max_steps", "3", "--learning_rate", "1e-3", "--activation_checkpointing", "false")
     train_main(_train_args(workdir, 3, big, "data12", *common, "--per_device_train_batch_size", "4"))
     train_main(_train_args(workdir, 3, accumulated, "data12", *common, "--per_device_train_batch_size", "2",
                            "--gradient_accumulation_steps", "2"))  # fmt: skip
@@ -602,7 +602,7 @@ def test_resume_from_checkpoint_loses_and_repeats_no_step(workdir, tmp_path):
 def test_two_processes_give_the_same_loss_curve(workdir, tmp_path):
     """DDP over gloo on CPU (2 processes × batch 2) against 1 process × batch 4: same global batches, same curve."""
     single, double = tmp_path / "single", tmp_path / "double"
-    common = ("--max_steps", "4", "--learning_rate", "3e-3", "--gradient_checkpointing", "false")
+    common = ("--max_steps", "4", "--learning_rate", "3e-3", "--activation_checkpointing", "false")
     train_main(_train_args(workdir, 3, single, "data12", *common, "--per_device_train_batch_size", "4"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
