@@ -61,13 +61,14 @@ def main() -> None:
         warmup_steps=0,
         logging_steps=2,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         report_to="none",
     )
     example_args, training_args = parser.parse_args_and_config()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    root = Path(training_args.output_dir or tempfile.mkdtemp(prefix="vargpt-lora-"))
+    # transformers fills an unset output_dir with "trainer_output" (in the working directory): not here
+    root = Path(training_args.output_dir if training_args.output_dir_given else tempfile.mkdtemp(prefix="vargpt-lora-"))
     training_args.output_dir = str(root / "adapter")
 
     # 1. a small random VARGPT (no download) and its processor, saved like a checkpoint

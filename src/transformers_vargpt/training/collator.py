@@ -177,7 +177,7 @@ class VargptDataCollator:
                 f"an example has {len(kinds)} image placeholder(s) but {len(images)} image(s); normalise the data with "
                 "transformers_vargpt.training.load_vargpt_dataset"
             )
-        loaded = [_load_image(image) for image in images]
+        loaded = [_load_training_image(image) for image in images]
         read_images = [image for image, kind in zip(loaded, kinds) if kind == IMAGE_MARKER]
         gen_images = [image for image, kind in zip(loaded, kinds) if kind == IMAGE_GEN_MARKER]
         pixel_values = pixel_gen_values = None
@@ -274,6 +274,19 @@ class VargptDataCollator:
             if parts:
                 batch[key] = torch.cat(parts)
         return batch
+
+
+def _load_training_image(image: Any):
+    """`load_rgb_image`, with an error that names the image when its file is missing, truncated or corrupt (a lazily
+    opened PIL image is only read here)."""
+    try:
+        return _load_image(image)
+    except (OSError, SyntaxError) as error:
+        name = getattr(image, "filename", None) or (image.get("path") if isinstance(image, dict) else None) or image
+        raise ValueError(
+            f"training image {str(name)[:200]!r} cannot be read ({type(error).__name__}: {error}); load the data with "
+            "load_vargpt_dataset (it checks every image up front, and skip_bad_images drops such examples)"
+        ) from error
 
 
 def _is_power_of_two(count: int) -> bool:

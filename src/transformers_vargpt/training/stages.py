@@ -78,19 +78,33 @@ def freeze_for_stage(model: nn.Module, stage: int) -> int:
     """Set `requires_grad` for a VARGPT training stage and return the number of trainable parameters.
 
     On a plain model, exactly the stage's modules (see the table above) are trainable. On a PEFT model only PEFT's
-    own parameters (adapters, `modules_to_save` copies) inside the stage's modules are: base weights stay frozen and
-    adapters placed outside the stage are frozen too.
+    own parameters (adapters, `modules_to_save` copies) are, and they must all lie inside the stage's modules: an
+    adapter outside them would stay frozen (saved as initialised, `lora_B` all zero), so that is an error naming
+    the modules, raised before anything trains.
     """
     stage = _check_stage(stage)
     markers = _adapter_markers(model)
     trainable = total = 0
+    outside: dict[str, None] = {}  # adapted modules outside the stage, in model order
     for name, parameter in model.named_parameters():
         wanted = is_stage_parameter(name, stage)
         if markers is not None:
-            wanted = wanted and any(marker in name for marker in markers)
+            found = [name.find(marker) for marker in markers if marker in name]
+            if found and not wanted:
+                outside[_WRAPPER_PREFIX.sub("", name[: min(found)].rstrip("."))] = None
+            wanted = wanted and bool(found)
         parameter.requires_grad_(wanted)
         total += parameter.numel()
         trainable += parameter.numel() if wanted else 0
+    if outside:
+        names = list(outside)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise ValueError(
+            f"{len(names)} module(s) with PEFT adapters (or modules_to_save) lie outside what stage {stage} trains "
+            f"({', '.join(STAGE_TRAINABLE_MODULES[stage])}), so they would be saved untrained: {shown}. Target only "
+            f"the stage's modules (the default --lora_target_modules does: {STAGE_LORA_TARGET_MODULES[stage]!r}) or "
+            "choose the stage that trains them"
+        )
     if trainable == 0:
         raise ValueError(
             f"stage {stage} leaves no trainable parameter"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +24,12 @@ from transformers.utils import logging
 from trl import SFTConfig
 
 from ..modeling_vargpt import VargptForConditionalGeneration
+from ..tokens_vargpt import IMAGE_GEN_MARKER
+from .checkpoints import checkpoint_problems, newest_intact_checkpoint
 from .collator import TRUNCATION_MODES, VargptDataCollator
-from .data import load_vargpt_dataset, to_vargpt_dataset
-from .stages import freeze_for_stage, lora_config_for_stage
+from .data import check_dataset_images, load_vargpt_dataset, to_vargpt_dataset
+from .model_card import write_training_card
+from .stages import STAGE_TRAINABLE_MODULES, freeze_for_stage, lora_config_for_stage
 
 logger = logging.get_logger(__name__)
 
@@ -72,7 +77,15 @@ class VargptSFTConfig(SFTConfig):
             Training stage, 1, 2 or 3 (see `transformers_vargpt.training.stages`): which modules learn. `None` leaves
             `requires_grad` as the model has it.
         image_root (`str`, *optional*):
-            Directory that relative image paths of the dataset are resolved against.
+            Directory that relative image paths of the dataset are resolved against. Paths that leave it (`../`,
+            absolute paths elsewhere) are refused unless `allow_images_outside_root`.
+        allow_images_outside_root (`bool`, defaults to `False`):
+            Accept image paths outside `image_root`.
+        check_images (`bool`, defaults to `True`):
+            Open and decode every image of a (map-style) dataset before training, so that a missing or unreadable
+            one is reported with its example's file and line instead of failing at step N.
+        skip_bad_images (`bool`, defaults to `False`):
+            Drop the examples whose images cannot be read (a warning says how many) instead of stopping.
         truncation (`str`, defaults to `"truncate"`):
             What to do with examples longer than `max_length`: `"truncate"` (never inside an image's token block) or
             `"skip"`.
@@ -100,7 +113,21 @@ class VargptSFTConfig(SFTConfig):
                   "choices": [1, 2, 3]},
     )
     image_root: str | None = field(
-        default=None, metadata={"help": "Directory that relative image paths of the dataset are resolved against."}
+        default=None,
+        metadata={"help": "Directory that relative image paths of the dataset are resolved against; paths that leave "
+                  "it are refused unless --allow_images_outside_root."},
+    )
+    allow_images_outside_root: bool = field(
+        default=False, metadata={"help": "Accept image paths outside --image-root ('../', absolute paths)."}
+    )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Open every image before training, so that a missing or unreadable one is reported with "
+                  "its example's file and line."},
+    )
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={"help": "Drop examples whose images cannot be read (and say how many) instead of stopping."},
     )
     truncation: str = field(
         default="truncate",
@@ -147,6 +174,22 @@ class VargptSFTConfig(SFTConfig):
         default=False,
         metadata={"help": "Keep the raw 'messages'/'images' columns: the collator needs them."},
     )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments (a JSON object) for VargptForConditionalGeneration.from_pretrained when "
+                  "--model is a path: `dtype` (default float32), and config overrides such as the VAR/VQVAE sizes a "
+                  "released-layout checkpoint does not record, e.g. '{\"var_depth\": 16, \"patch_nums\": [1, 2, 3, "
+                  "4, 5, 6, 8, 10, 13, 16]}' (the released flat names var_*, vq_*, patch_nums, image_gen_size of "
+                  "RELEASED_FLAT_NAMES in configuration_vargpt.py, or any VargptConfig field)."},
+    )
+    # TrainingArguments' deprecated `gradient_checkpointing` alias warns whenever it is set; SFTConfig sets it by
+    # default, so every run warned. Unset here; the SFT default (on) goes to `activation_checkpointing`.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of --activation_checkpointing (on by default)."}
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data loader memory (default: only when a GPU is used)."}
+    )
 
     def __post_init__(self):
         launched_on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
@@ -154,6 +197,11 @@ class VargptSFTConfig(SFTConfig):
             # several processes on a machine without GPUs (torchrun / accelerate launch): DDP over gloo, which
             # TrainingArguments only sets up with use_cpu; without it each process would train alone
             self.use_cpu = True
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's SFT default, under the name that does not warn
+        if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes torch warn
+            self.dataloader_pin_memory = _has_accelerator() and not self.use_cpu
+        self.output_dir_given = self.output_dir is not None  # TrainingArguments replaces None by "trainer_output"
         if self.bf16 is None:
             self.bf16, fp16 = (False, False) if (self.use_cpu or self.fp16) else _default_mixed_precision()
             self.fp16 = self.fp16 or fp16
@@ -265,6 +313,7 @@ class VargptSFTTrainer(Trainer):
         elif not isinstance(args, VargptSFTConfig):
             raise TypeError(f"args must be a VargptSFTConfig, got {type(args).__name__}")
         set_seed(args.seed)  # before PEFT draws its adapter weights
+        check_launched_world_size()
         if isinstance(model, str):
             model_path = model
             model = load_vargpt_model(model, args.model_init_kwargs)
@@ -311,11 +360,15 @@ class VargptSFTTrainer(Trainer):
                 raise ValueError("the model already has PEFT adapters; merge them or pass no peft_config")
             from peft import get_peft_model
 
-            model = get_peft_model(model, peft_config)
+            with warnings.catch_warnings():  # PEFT reads the deprecated `is_gradient_checkpointing` property
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, peft_config)
         if _is_peft(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that require grad
         if args.stage is not None:
             freeze_for_stage(model, args.stage)
+            if train_dataset is not None:
+                check_stage_has_data(train_dataset, args.stage)
 
         super().__init__(
             model=model,
@@ -333,17 +386,82 @@ class VargptSFTTrainer(Trainer):
             )
         self.num_trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self._image_gen_pad_token_id = config.image_gen_pad_token_id
+        self._base_config = config
+        self._base_model_name = model_path or getattr(config, "_name_or_path", None)
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._total_train_tokens = 0
         self._trainable_parameters: list[torch.nn.Parameter] | None = None
 
     @staticmethod
     def _as_dataset(data, args):
+        """Normalised examples whose image paths stay under `image_root` and whose images all read (see
+        `VargptSFTConfig.check_images`)."""
         import datasets
 
         if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
-            return to_vargpt_dataset(data, args.image_root)
-        return load_vargpt_dataset(data, args.image_root)
+            dataset = to_vargpt_dataset(data, args.image_root, args.allow_images_outside_root)
+            return check_dataset_images(dataset, args.skip_bad_images) if args.check_images else dataset
+        return load_vargpt_dataset(
+            data,
+            args.image_root,
+            check_images=args.check_images,
+            skip_bad_images=args.skip_bad_images,
+            allow_images_outside_root=args.allow_images_outside_root,
+        )
+
+    # ---- resuming -----------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint` may also be `"last"` (as `True`: the newest checkpoint of
+        `output_dir`). Checkpoints are checked first: an explicit one with a truncated or corrupt file (weights,
+        optimizer, scheduler, RNG state, trainer state) is an error naming the file; `True` / `"last"` falls back to
+        the newest intact checkpoint and says which broken ones it skipped."""
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "last"):
+            resume_from_checkpoint = True
+        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("false", "none", ""):
+            resume_from_checkpoint = None
+        if resume_from_checkpoint is True:
+            checkpoint, skipped = newest_intact_checkpoint(self.args.output_dir)
+            if skipped:
+                details = "; ".join(f"{path.name}: {problems[0]}" for path, problems in skipped.items())
+                logger.warning(
+                    f"resuming from {checkpoint}, the newest intact checkpoint; skipped the broken newer one(s): "
+                    f"{details}"
+                )
+            resume_from_checkpoint = str(checkpoint)
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            problems = checkpoint_problems(resume_from_checkpoint)
+            if problems:
+                raise ValueError(
+                    f"cannot resume from {str(resume_from_checkpoint)!r}:\n  " + "\n  ".join(problems) + "\n"
+                    "Resume from an earlier checkpoint, or pass --resume_from_checkpoint last to take the newest "
+                    "intact one"
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ---- saving ---------------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """`Trainer._save`, then a VARGPT model card (base model, stage, adapters; how to load and merge) in place of
+        PEFT's blank template or the plain model card."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        lora = None
+        if _is_peft(self.model):
+            peft_config = self.model.peft_config["default"]
+            target = peft_config.target_modules
+            lora = {
+                "r": peft_config.r,
+                "lora_alpha": peft_config.lora_alpha,
+                "target_modules": target if isinstance(target, str) else sorted(target or []),
+                "modules_to_save": list(peft_config.modules_to_save or []),
+            }
+        write_training_card(
+            output_dir,
+            self._base_config,
+            base=self._base_model_name,
+            stage=self.args.stage,
+            lora=lora,
+            steps=self.state.global_step,
+        )
 
     # ---- loss normalisation ---------------------------------------------------------------------------------------
     def loss_counts(self, batches: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -444,6 +562,66 @@ class VargptSFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def check_stage_has_data(dataset, stage: int) -> None:
+    """Refuse a stage that its data cannot train: stages 1 and 3 learn only from images to draw (`<image_gen>`), so
+    on understanding / text data their gradient is zero at every step. (Stage 2 learns from every answer.) An
+    `IterableDataset` is not read ahead, so not checked."""
+    import datasets
+
+    if stage == 2 or not isinstance(dataset, datasets.Dataset):
+        return
+    for messages in dataset["messages"]:
+        if any(IMAGE_GEN_MARKER in message["content"] for message in messages):
+            return
+    raise ValueError(
+        f"stage {stage} trains only the image-generation modules ({', '.join(STAGE_TRAINABLE_MODULES[stage])}), but "
+        f"none of the {len(dataset)} training example(s) has an image to draw ({IMAGE_GEN_MARKER} in a turn, with its "
+        "image): every step would have a zero gradient. Add text-to-image examples, or train stage 2 on this data"
+    )
+
+
+def requested_num_processes(parent_command_line: list[str] | None = None) -> int | None:
+    """The `--num_processes` that `accelerate launch` was given, when this process was started by it (read from the
+    parent process's command line), else None."""
+    if parent_command_line is None:
+        try:
+            import psutil
+
+            parent_command_line = psutil.Process(os.getppid()).cmdline()
+        except Exception:  # no psutil, or the parent is gone / not readable
+            return None
+    line = " ".join(parent_command_line)
+    if "accelerate" not in line or "launch" not in line:
+        return None
+    for index, argument in enumerate(parent_command_line):
+        for flag in ("--num_processes", "--num-processes"):
+            value = None
+            if argument == flag and index + 1 < len(parent_command_line):
+                value = parent_command_line[index + 1]
+            elif argument.startswith(flag + "="):
+                value = argument.split("=", 1)[1]
+            if value is not None and value.isdigit():
+                return int(value)
+    return None
+
+
+def check_launched_world_size(world_size: int | None = None, parent_command_line: list[str] | None = None) -> None:
+    """Raise when `accelerate launch --num_processes N` started fewer processes than asked: without `--multi_gpu`
+    (or a config that says so) on a machine without GPUs, accelerate starts one process and says nothing, and that
+    process would train alone with a different effective batch."""
+    requested = requested_num_processes(parent_command_line)
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if requested is not None and requested > world_size:
+        command = shlex.join(parent_command_line) if parent_command_line else "accelerate launch"
+        raise RuntimeError(
+            f"`{command[:200]}` asked for {requested} processes but started {world_size} (accelerate's single-process "
+            f"launcher). Start {requested} with `accelerate launch --multi_gpu --num_processes {requested} -m "
+            f"transformers_vargpt.training ...` (DDP over gloo on a machine without GPUs) or `torchrun "
+            f"--nproc_per_node {requested} -m transformers_vargpt.training ...`"
+        )
+
+
 def supervised_positions(labels: torch.Tensor) -> torch.LongTensor:
     """Positions t (1-D) whose next label `labels[:, t + 1]` is a text target in some row of the batch."""
     return (labels[:, 1:] != -100).any(dim=0).nonzero().flatten()
@@ -463,4 +641,12 @@ def _is_iterable_dataset(dataset) -> bool:
     return isinstance(dataset, datasets.IterableDataset)
 
 
-__all__ = ["VargptSFTConfig", "VargptSFTTrainer", "align_processor_with_config", "load_vargpt_model"]
+__all__ = [
+    "VargptSFTConfig",
+    "VargptSFTTrainer",
+    "align_processor_with_config",
+    "check_launched_world_size",
+    "check_stage_has_data",
+    "load_vargpt_model",
+    "requested_num_processes",
+]
