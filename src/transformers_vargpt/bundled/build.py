@@ -5,8 +5,9 @@ Steps, each with the package's own code and entry points:
 
 1. data: seeded shapes-world JSONL files (`bundled.dataset`) from the training combinations only;
 2. VQVAE: `python -m transformers_vargpt.training.vqvae` (or `--vqvae DIR` to reuse a trained one);
-3. stage 0: a fresh VARGPT (small CLIP, small Llama, VAR decoder, that VQVAE) trained with every part but the VQVAE
-   learning (`bundled.from_scratch`), since nothing here is pretrained;
+3. a fresh VARGPT (small CLIP, small Llama, VAR decoder, that VQVAE); its CLIP tower first learns to see shapes and
+   colours on its own (`bundled.vision_pretraining`), then stage 0 trains every part but the VQVAE together
+   (`bundled.from_scratch`), since nothing here is pretrained;
 4. stages 1, 2, 3: `python -m transformers_vargpt.training --stage N ...` (= `vargpt-train`), each from the last;
 5. the output directory: weights, processor, the sampling defaults in `generation_config.json`, the evaluation on the
    held-out combinations (`bundled.evaluate`: `evaluation.json`, `samples.png`) and the model card (`README.md`).
@@ -69,6 +70,11 @@ class Recipe:
     mixed_generation: int = 12000
     generation_only: int = 6000
     questions_per_image: int = 4
+    random_color_shapes: float = 0.2
+    # vision tower pre-training (bundled.vision_pretraining)
+    vision_steps: int = 3000
+    vision_batch_size: int = 64
+    vision_learning_rate: float = 2e-3
     batch_size: int = 32
     stage0_steps: int = 1200
     stage0_learning_rate: float = 1e-3
@@ -91,12 +97,15 @@ class Recipe:
     def smoke(cls) -> "Recipe":
         return cls(
             sizes=BundledSizes.smoke(),
-            vqvae_args=("--steps", "3", "--batch-size", "4", "--scale-sizes", "1", "2", "4",
-                        "--channel-multipliers", "1", "1", "1", "--vocab-size", "32", "--eval-images", "8"),
+            vqvae_args=("--steps", "3", "--batch_size", "4", "--scale_sizes", "1", "2", "4",
+                        "--channel_multipliers", "1", "1", "1", "1", "1", "--vocab_size", "32",
+                        "--eval_scenes", "8", "--eval_random_color_scenes", "4"),
             mixed_understanding=16,
             mixed_generation=16,
             generation_only=8,
             batch_size=4,
+            vision_steps=3,
+            vision_batch_size=4,
             stage0_steps=3,
             stages=((1, StageSettings("generation", 1, 1e-3)), (2, StageSettings("mixed", 1, 1e-3)),
                     (3, StageSettings("generation", 1, 1e-3))),
@@ -112,6 +121,7 @@ def write_data(recipe: Recipe, data_dir: Path, seed: int) -> dict[str, Path]:
         "mixed": write_shapes_world_dataset(
             data_dir, recipe.mixed_understanding, recipe.mixed_generation, recipe.image_size, seed=seed,
             filename="mixed.jsonl", questions_per_image=recipe.questions_per_image,
+            random_color_shapes=recipe.random_color_shapes,
         ),
         "generation": write_shapes_world_dataset(
             data_dir, 0, recipe.generation_only, recipe.image_size, seed=seed + 1, filename="generation.jsonl",
@@ -128,7 +138,7 @@ def run_module(module: str, arguments: list[str]) -> None:
 
 def train_vqvae(recipe: Recipe, output: Path, seed: int) -> Path:
     run_module("transformers_vargpt.training.vqvae",
-               ["--output", str(output), "--image-size", str(recipe.image_size), "--seed", str(seed),
+               ["--output", str(output), "--image_size", str(recipe.image_size), "--seed", str(seed),
                 *recipe.vqvae_args])
     return output
 
@@ -193,6 +203,7 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     from .model import build_untrained_model, count_parameters, load_vqvae
     from .model_card import write_model_card
     from .tokenizer import build_shapes_tokenizer
+    from .vision_pretraining import pretrain_vision_tower
 
     timings = {}
     start = time.perf_counter()
@@ -211,6 +222,10 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     model, processor = build_untrained_model(build_shapes_tokenizer(), vqvae, recipe.sizes, seed)
     parameters = count_parameters(model)
     logger.info(f"parameters: {parameters}")
+    vision_metrics = pretrain_vision_tower(model, processor.image_processor, recipe.vision_steps,
+                                           recipe.vision_batch_size, recipe.vision_learning_rate, seed)
+    timings["vision"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     stage_dir = work_dir / "stage0"
     train_from_scratch(model, processor, data["mixed"], data_dir, stage_dir, recipe.stage0_steps,
                        recipe.stage0_learning_rate, recipe.batch_size, seed)
@@ -231,6 +246,7 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     timings["total"] = time.perf_counter() - start
     report["timings_seconds"] = {key: round(value, 1) for key, value in timings.items()}
     report["parameters"] = parameters
+    report["vision_pretraining"] = vision_metrics
     report["recipe"] = json.loads(json.dumps(asdict(recipe)))
     report["seed"] = seed
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")

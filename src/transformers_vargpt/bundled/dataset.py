@@ -20,8 +20,10 @@ import os
 import random
 from pathlib import Path
 
+from .vision_pretraining import random_far_color
 from ..shapes_world import (
     GENERATION_PROMPTS,
+    draw,
     QUESTIONS,
     random_scene,
     render,
@@ -73,6 +75,7 @@ def write_shapes_world_dataset(
     filename: str = "train.jsonl",
     answer_before_image: float = 0.5,
     questions_per_image: int = 1,
+    random_color_shapes: float = 0.0,
 ) -> Path:
     """Write a shuffled mix of understanding and generation rows and their PNGs; return the JSONL path.
 
@@ -88,6 +91,9 @@ def write_shapes_world_dataset(
         answer_before_image: fraction of generation rows whose answer says what it draws before `<image_gen>`.
         questions_per_image: most questions asked about one picture; an understanding row asks 1 to this many
             (different kinds, the first cycling evenly over the kinds), which trains more answers per image read.
+        random_color_shapes: fraction of understanding rows that instead show the shape in random colours far from
+            the palette and ask only its shape, so the shape is learned from geometry rather than from which colour
+            pairs the training combinations draw with which shape.
     """
     if num_understanding < 0 or num_generation < 0 or num_understanding + num_generation == 0:
         raise ValueError(f"need a positive number of rows, got {num_understanding} + {num_generation}")
@@ -110,8 +116,18 @@ def write_shapes_world_dataset(
     for index, kind in enumerate(plan):
         scene = random_scene(rng, image_size, [next(combination_stream)])
         relative = f"images/{Path(filename).stem}-{index:06d}.png"
-        render(scene, image_size).save(directory / relative)
         words = {"color": scene.color, "shape": scene.shape, "background": scene.background}
+        if kind == "understanding" and rng.random() < random_color_shapes:
+            # a shape in colours outside the palette: only its shape has a name, read from the geometry alone
+            fill, background = random_far_color(rng), random_far_color(rng)
+            while sum((a - b) ** 2 for a, b in zip(fill, background)) < 100**2:
+                background = random_far_color(rng)
+            draw(scene.shape, scene.box, fill, background, image_size).save(directory / relative)
+            messages = [{"role": "user", "content": "<image>\n" + _question(rng, "shape")},
+                        {"role": "assistant", "content": scene.shape}]
+            rows.append({"messages": messages, "images": [relative]})
+            continue
+        render(scene, image_size).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
             first = question_kinds[understanding_index % len(question_kinds)]

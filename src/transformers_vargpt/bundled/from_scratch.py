@@ -10,11 +10,24 @@ from __future__ import annotations
 import logging
 import os
 
+from ..processing_vargpt import IMAGE_GEN_MARKER
 from ..training import VargptSFTConfig, VargptSFTTrainer, load_vargpt_dataset
+from ..training.data import IMAGE_MARKER
 
 logger = logging.getLogger("transformers_vargpt.bundled")
 # The model is prompted without a system line (the chat template has none); a blank one renders to no token.
 NO_SYSTEM_LINE = " "
+
+
+def with_lengths(dataset, processor, image_seq_length: int):
+    """Add a `length` column (about the tokens of each example: words, image tokens and image pads) for grouping."""
+
+    def length(example):
+        text = " ".join(message["content"] for message in example["messages"])
+        tokens = len(text.split()) + text.count(IMAGE_MARKER) * image_seq_length
+        return {"length": tokens + text.count(IMAGE_GEN_MARKER) * processor.num_image_gen_tokens}
+
+    return dataset.map(length)
 
 
 def train_from_scratch(
@@ -31,8 +44,8 @@ def train_from_scratch(
     logging_steps: int = 25,
     dataloader_num_workers: int = 0,
 ):
-    """Train all of `model` but its VQVAE on `data` (released JSONL format), save model and processor in
-    `output_dir`, and return the model."""
+    """Train all of `model` but its VQVAE on `data` (released JSONL format, image paths relative to `image_root`),
+    save the model in `output_dir`, and return it."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith("model.vqvae."))
     args = VargptSFTConfig(
@@ -49,7 +62,9 @@ def train_from_scratch(
         report_to="none",
         seed=seed,
         data_seed=seed,
-        image_root=str(image_root),
+        # batches of similar length: drawing requests (L image pads each) are not padded together with questions
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
         dataloader_num_workers=dataloader_num_workers,
         use_cpu=True,  # the same weights on any machine: the recipe is sized for CPUs
         system_message=NO_SYSTEM_LINE,
@@ -57,7 +72,8 @@ def train_from_scratch(
     trainer = VargptSFTTrainer(
         model=model,
         args=args,
-        train_dataset=load_vargpt_dataset(str(data), str(image_root)),
+        train_dataset=with_lengths(load_vargpt_dataset(str(data), str(image_root)), processor,
+                                   model.config.image_seq_length),
         processing_class=processor,
     )
     logger.info(f"stage 0 (from scratch): {trainer.num_trainable_parameters:,} trainable parameters")

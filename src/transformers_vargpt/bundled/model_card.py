@@ -78,6 +78,7 @@ one to {recipe['questions_per_image']} questions and {recipe['mixed_generation']
 | stage | data | steps (batch {recipe['batch_size']}) | learning rate |
 |---|---|---|---|
 | VQVAE (`python -m transformers_vargpt.training.vqvae`) | rendered pictures, palette and random colours | see its options | |
+| CLIP tower alone: name shape, colour, background (`bundled.vision_pretraining`) | rendered pictures, half in random colours | {recipe['vision_steps']} (batch {recipe['vision_batch_size']}) | {recipe['vision_learning_rate']} |
 | 0: from scratch, everything but the VQVAE | mixed | {recipe['stage0_steps']} | {recipe['stage0_learning_rate']} |
 {stage_rows}
 {vqvae_line}
