@@ -44,13 +44,14 @@ def test_bundled_model_ships_small_and_offline(monkeypatch):
     assert f"{100 * report['generation']['accuracy']:.1f}%" in card  # the card shows the evaluation's numbers
     assert (Path(BUNDLED_MODEL) / "samples.png").is_file()
     pipe = transformers_vargpt.VargptPipeline.from_pretrained(BUNDLED_MODEL)
-    assert pipe.model.config.image_gen_size == 64
+    assert pipe.model.config.vq_config.image_size == 64
 
 
 def test_sampling_defaults_are_saved(bundled):
     model, _ = bundled
-    settings = image_sampling_defaults(model.generation_config)
-    assert {"do_sample", "top_k", "top_p", "guidance_scale"} <= set(settings)
+    saved = model.generation_config.image_generation
+    assert image_sampling_defaults(model) == {**saved}  # every image setting is the bundled model's own
+    assert model.generation_config.do_sample is False  # answers are the most likely words
 
 
 @pytest.mark.parametrize("combination,template", DRAW_CASES)
@@ -59,8 +60,7 @@ def test_bundled_model_draws_what_it_is_asked(combination, template, seed):
     color, shape, background = combination
     scene = Scene(shape=shape, color=color, background=background)
     pipe = transformers_vargpt.VargptPipeline.from_pretrained(BUNDLED_MODEL)
-    sampling = image_sampling_defaults(pipe.model.generation_config)
-    image = pipe(scene.prompt(template), generator=torch.Generator().manual_seed(seed), **sampling).images[0]
+    image = pipe(scene.prompt(template), generator=torch.Generator().manual_seed(seed)).images[0]  # saved defaults
     checked = check_image(image)
     assert checked.matches(scene), f"{scene.prompt(template)!r} drew {checked}"
 

@@ -114,9 +114,10 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
         assert (tmp_path / "work" / f"stage{stage}" / "model.safetensors").is_file()
     model = VargptForConditionalGeneration.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
-    assert model.generation_config.top_k == report["generation"]["sampling"]["top_k"]
-    assert processor.patch_nums == model.config.patch_nums
+    assert model.generation_config.image_generation["top_k"] == report["generation"]["sampling"]["top_k"]
+    assert processor.patch_nums == model.config.vq_config.scale_sizes
     pipe = VargptPipeline.from_pretrained(str(output))
     image = pipe("Draw a red circle on a blue background.", generator=torch.Generator().manual_seed(0)).images[0]
-    assert image.size == (model.config.image_gen_size, model.config.image_gen_size)
+    size = model.config.vq_config.image_size
+    assert image.size == (size, size)
     assert "auto_map" not in json.loads((output / "config.json").read_text())

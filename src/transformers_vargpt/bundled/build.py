@@ -68,25 +68,26 @@ class Recipe:
     # data: understanding / generation rows of the mixed file, rows of the generation-only file
     mixed_understanding: int = 12000
     mixed_generation: int = 12000
-    generation_only: int = 6000
+    generation_only: int = 8000
     questions_per_image: int = 4
     random_color_shapes: float = 0.2
     # vision tower pre-training (bundled.vision_pretraining)
-    vision_steps: int = 3000
+    vision_steps: int = 4000
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     batch_size: int = 32
-    stage0_steps: int = 1200
+    stage0_steps: int = 1400
     stage0_learning_rate: float = 1e-3
     stages: tuple[tuple[int, StageSettings], ...] = (
         (1, StageSettings("generation", 80, 5e-4)),
-        (2, StageSettings("mixed", 200, 3e-4)),
-        (3, StageSettings("generation", 300, 3e-4)),
+        (2, StageSettings("mixed", 250, 3e-4)),
+        (3, StageSettings("generation", 400, 3e-4)),
     )
-    # sampling defaults saved in generation_config.json (what `vargpt generate` and the pipeline use)
+    # image sampling defaults saved in generation_config.json's `image_generation` (what `generate_images`, the
+    # pipeline and `vargpt generate` use): few candidate codes per position, so pictures stay clean
     do_sample: bool = True
-    top_k: int = 4
-    top_p: float = 0.9
+    top_k: int = 5
+    top_p: float = 0.8
     temperature: float = 1.0
     guidance_scale: float = 1.0
     # evaluation
@@ -183,12 +184,15 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
         bos_token_id=saved.bos_token_id,
         eos_token_id=saved.eos_token_id,
         pad_token_id=saved.pad_token_id,
-        do_sample=recipe.do_sample,
-        top_k=recipe.top_k,
-        top_p=recipe.top_p,
-        temperature=recipe.temperature,
-        guidance_scale=recipe.guidance_scale,
+        do_sample=False,  # answers: the most likely words
         max_new_tokens=32,
+        image_generation={
+            "do_sample": recipe.do_sample,
+            "top_k": recipe.top_k,
+            "top_p": recipe.top_p,
+            "temperature": recipe.temperature,
+            "guidance_scale": recipe.guidance_scale,
+        },
     )
     generation_config.save_pretrained(output)
     config = json.loads((output / "config.json").read_text())

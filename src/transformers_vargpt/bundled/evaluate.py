@@ -3,7 +3,8 @@
     python -m transformers_vargpt.bundled.evaluate --model DIR [--output-dir DIR] [--seeds 0 1] [--images-per-combination 4]
 
 - Generation: every held-out (colour, shape, background) × the world's three prompt phrasings × `--seeds`, sampled
-  with the model's saved defaults (`generation_config.json`: do_sample, top_k, top_p, temperature, guidance_scale);
+  with the model's saved defaults (`generation_config.json`'s `image_generation`: do_sample, top_k, top_p,
+  temperature, guidance_scale);
   a picture is right when `shapes_world.check_image` reads the asked shape, colour and background from its pixels.
 - Questions: rendered pictures of the held-out combinations (random sizes and places), each asked the world's four
   questions, answered with the saved text defaults. One-word questions: exact match (case-insensitive, a trailing
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from ..generation_vargpt import IMAGE_GENERATION_DEFAULTS
 from ..shapes_world import (
     GENERATION_PROMPTS,
     PALETTE,
@@ -38,18 +40,12 @@ from ..shapes_world import (
     render,
 )
 
-# the sampling settings generate_images takes, read from the saved generation_config where set
-IMAGE_SAMPLING_KEYS = ("do_sample", "top_k", "top_p", "temperature", "guidance_scale")
 
-
-def image_sampling_defaults(generation_config) -> dict:
-    """The model's saved image-sampling defaults (the ones `vargpt generate` uses)."""
-    settings = {}
-    for key in IMAGE_SAMPLING_KEYS:
-        value = getattr(generation_config, key, None)
-        if value is not None:
-            settings[key] = value
-    return settings
+def image_sampling_defaults(model) -> dict:
+    """The model's image-sampling defaults (`generation_config.image_generation` over the released ones): what
+    `generate_images`, the pipeline and `vargpt generate` use when not told otherwise."""
+    config = model.image_generation_config()
+    return {key: getattr(config, key) for key in IMAGE_GENERATION_DEFAULTS}
 
 
 def normalize_answer(text: str) -> str:
@@ -75,8 +71,9 @@ def answer_is_right(kind: str, answer: str, scene: Scene) -> bool:
 
 
 @torch.no_grad()
-def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24, **sampling) -> dict:
-    """Draw every combination × phrasing × seed; check each picture's pixels. Returns counts and the samples."""
+def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24) -> dict:
+    """Draw every combination × phrasing × seed with the model's default sampling; check each picture's pixels.
+    Returns counts and the samples."""
     requests = [
         (Scene(shape=shape, color=color, background=background), template, seed)
         for seed in seeds
@@ -90,9 +87,7 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
         inputs = processor(text=prompts, generation_mode="image", return_tensors="pt")
         # one generator per chunk, seeded by the chunk's first request: the same settings give the same pictures
         generator = torch.Generator().manual_seed(1000 * chunk[0][2] + start)
-        output = model.generate_images(
-            inputs["input_ids"], inputs["attention_mask"], generator=generator, **sampling
-        )
+        output = model.generate_images(inputs["input_ids"], inputs["attention_mask"], generator=generator)
         pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         for (scene, template, seed), picture in zip(chunk, pictures):
             checked = check_image(picture)
@@ -115,7 +110,7 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
 
 @torch.no_grad()
 def answer_questions(model, processor, images: list[Image.Image], question: str, max_new_tokens: int = 16) -> list[str]:
-    """The model's answers to one question about each image (saved text-generation defaults)."""
+    """The model's answers to one question about each image (the saved text-generation defaults)."""
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt")
@@ -127,7 +122,7 @@ def evaluate_questions(model, processor, combinations, images_per_combination: i
                        batch_size: int = 32) -> dict:
     """Ask the four questions about rendered held-out pictures; accuracy per question kind and a few mistakes."""
     rng = random.Random(seed)
-    size = model.config.image_gen_size
+    size = model.config.vq_config.image_size
     scenes = [
         Scene(shape=shape, color=color, background=background, box=random_box(rng, size))
         for color, shape, background in combinations
@@ -175,9 +170,9 @@ def evaluate(model_path: str, output_dir: Path | None, seeds: list[int], images_
     model = VargptForConditionalGeneration.from_pretrained(model_path).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     combinations = held_out_combinations()
-    sampling = image_sampling_defaults(model.generation_config)
+    sampling = image_sampling_defaults(model)
     start = time.perf_counter()
-    generation = evaluate_generation(model, processor, combinations, seeds, **sampling)
+    generation = evaluate_generation(model, processor, combinations, seeds)
     questions = evaluate_questions(model, processor, combinations, images_per_combination, seed=12345)
     samples = generation.pop("samples")
     report = {

@@ -13,7 +13,12 @@ from ..configuration_vargpt import VargptConfig, VargptVQVAEConfig
 from ..modeling_vargpt import VargptForConditionalGeneration
 from ..modeling_vargpt_vqvae import VargptVQVAE
 from ..processing_vargpt import VargptProcessor
-from ..tiny_models import SPECIAL_TOKENS, VICUNA_CHAT_TEMPLATE
+from ..tiny_models import VICUNA_CHAT_TEMPLATE
+from ..tokens_vargpt import ADDED_TOKENS, GENERATION_TOKENS, special_tokens_entry
+
+
+# what `to_dict` of the loaded VQVAE's config records about where it came from, not what it is
+VQVAE_PROVENANCE_KEYS = ("_name_or_path", "architectures", "transformers_version")
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class BundledSizes:
 def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAEConfig, sizes: BundledSizes
                    ) -> VargptConfig:
     """The model config: `sizes` for the parts trained here, the VQVAE's own sizes for drawing."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ADDED_TOKENS}
     vocab_size = (len(tokenizer) + 31) // 32 * 32
     return VargptConfig(
         text_config={
@@ -79,28 +84,15 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
         image_token_index=ids["<image>"],
         image_seq_length=(sizes.vision_image_size // sizes.vision_patch_size) ** 2,
         pad_token_id=ids["<pad>"],
-        special_tokens={
-            "image_gen_start": "<|image_gen_start|>",
-            "image_gen_start_token_id": ids["<|image_gen_start|>"],
-            "image_gen_end": "<|image_gen_end|>",
-            "image_gen_end_token_id": ids["<|image_gen_end|>"],
-            "image_gen_pad": "<|image_gen_pad|>",
-            "image_gen_pad_token_id": ids["<|image_gen_pad|>"],
+        special_tokens=special_tokens_entry({token: ids[token] for token in GENERATION_TOKENS.values()}),
+        vq_config={key: value for key, value in vqvae_config.to_dict().items() if key not in VQVAE_PROVENANCE_KEYS},
+        var_config={
+            "num_hidden_layers": sizes.var_depth,
+            "hidden_size": sizes.var_embed_dim,
+            "num_attention_heads": sizes.var_heads,
+            "drop_path_rate": 0.0,  # a few thousand steps on a small model: no regularisation needed
+            "condition_dropout": sizes.var_cond_drop_rate,
         },
-        patch_nums=list(vqvae_config.scale_sizes),
-        image_gen_size=vqvae_config.image_size,
-        vq_vocab_size=vqvae_config.vocab_size,
-        vq_z_channels=vqvae_config.z_channels,
-        vq_ch=vqvae_config.base_channels,
-        vq_ch_mult=list(vqvae_config.channel_multipliers),
-        vq_num_res_blocks=vqvae_config.num_res_blocks,
-        vq_quant_resi=vqvae_config.residual_ratio,
-        vq_share_quant_resi=vqvae_config.num_residual_filters,
-        var_depth=sizes.var_depth,
-        var_embed_dim=sizes.var_embed_dim,
-        var_num_heads=sizes.var_heads,
-        var_drop_path_rate=0.0,  # a few thousand steps on a small model: no regularisation needed
-        var_cond_drop_rate=sizes.var_cond_drop_rate,
         tie_word_embeddings=False,
     )
 
@@ -115,8 +107,8 @@ def bundled_processor(tokenizer: PreTrainedTokenizerFast, config: VargptConfig) 
         patch_size=config.vision_config.patch_size,
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         chat_template=VICUNA_CHAT_TEMPLATE,
-        patch_nums=config.patch_nums,
-        image_gen_size=config.image_gen_size,
+        patch_nums=config.vq_config.scale_sizes,
+        image_gen_size=config.vq_config.image_size,
     )
 
 

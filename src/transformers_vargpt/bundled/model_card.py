@@ -64,7 +64,7 @@ pipe = VargptPipeline.from_pretrained(BUNDLED_MODEL)
 | CLIP vision tower (from scratch) | {sizes['vision_layers']} layers, width {sizes['vision_hidden']}, {sizes['vision_image_size']}² px in {sizes['vision_patch_size']}² patches | {parameters.get('vision_tower', 0):,} |
 | Llama (from scratch) | {sizes['text_layers']} layers, width {sizes['text_hidden']}, word-level vocabulary of {config['text_config']['vocab_size']} | {parameters.get('language_model', 0) + parameters.get('lm_head', 0):,} |
 | VAR decoder | depth {sizes['var_depth']}, width {sizes['var_embed_dim']} | {parameters.get('scale_decoder', 0):,} |
-| VQVAE (trained first, frozen after) | {config['vq_vocab_size']} codes, scales {config['patch_nums']}, {config['image_gen_size']}² px | {parameters.get('vqvae', 0):,} |
+| VQVAE (trained first, frozen after) | {config['vq_config']['vocab_size']} codes, scales {config['vq_config']['scale_sizes']}, {config['vq_config']['image_size']}² px | {parameters.get('vqvae', 0):,} |
 | projectors | | {sum(parameters.get(k, 0) for k in ('multi_modal_projector', 'gen_input_projector', 'gen_output_projector')):,} |
 
 ## Training (`python -m transformers_vargpt.bundled.build`)

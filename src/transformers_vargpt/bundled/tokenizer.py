@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from ..tiny_models import SPECIAL_TOKENS, VICUNA_CHAT_TEMPLATE
+from ..tiny_models import VICUNA_CHAT_TEMPLATE
+from ..tokens_vargpt import ADDED_TOKENS, PAD_TOKEN
 from .dataset import world_texts
 
 BASE_TOKENS = ["<unk>", "<s>", "</s>"]
@@ -45,8 +46,8 @@ def build_shapes_tokenizer(texts: Iterable[str] | None = None) -> PreTrainedToke
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token=None
     )
-    fast.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    fast.pad_token = "<pad>"
+    fast.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
+    fast.pad_token = PAD_TOKEN
     fast.chat_template = VICUNA_CHAT_TEMPLATE
     return fast
 
