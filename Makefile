@@ -13,7 +13,7 @@ LMMS_EVAL := "lmms-eval>=0.7"
 LMMS_EVAL_RUNTIME := "filelock<4" evaluate loguru numexpr sacrebleu sentencepiece tenacity zstandard python-dotenv \
 	aiohttp protobuf pytz scipy cloudpickle chardet wcwidth pytablewriter
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bundled-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m pytest tests -q
+
+# The small shapes-world VARGPT shipped in the package, trained from nothing (seeded; <= 60 min on 2 CPU cores):
+# VQVAE, stage 0 from scratch, stages 1-3 with vargpt-train, held-out evaluation and model card.
+BUNDLED_MODEL_DIR := src/transformers_vargpt/bundled_model
+bundled-model: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m transformers_vargpt.bundled.build --output $(BUNDLED_MODEL_DIR) $(ARGS)
 
 # Benchmarks on the medium random-weight model (BENCHMARKS.md): `make bench`, or `make bench ARGS=--quick` (< 5 min).
 BENCH_STAMP := $(VENV)/.installed-bench

@@ -2,7 +2,12 @@
 
 Importing the package registers `vargpt_llava` with the transformers Auto classes and adds the
 `vargpt-image-to-text` pipeline task; it changes nothing of transformers' own tasks, classes or loggers.
+`BUNDLED_MODEL` is the path of the small shapes-world VARGPT shipped inside the package (trained here by
+`make bundled-model`); it loads offline with the ordinary `from_pretrained` of the model, the processor and
+`VargptPipeline`.
 """
+
+import os
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
@@ -32,6 +37,9 @@ register_pipelines()
 
 __version__ = "0.1.0"
 
+# The shapes-world model trained by `python -m transformers_vargpt.bundled.build` (see its README.md).
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled_model")
+
 
 def __getattr__(name: str):
     # the diffusers pipeline is imported on first use: importing diffusers is slow (BENCHMARKS.md)
@@ -47,6 +55,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BUNDLED_MODEL",
     "VargptConfig",
     "VargptVQVAEConfig",
     "VargptVarConfig",

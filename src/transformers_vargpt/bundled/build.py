@@ -1,0 +1,285 @@
+"""Reproduce the bundled model from nothing: `python -m transformers_vargpt.bundled.build --output DIR` (what
+`make bundled-model` runs). Seeded end to end; sized for two CPU cores (about 12 minutes of VQVAE, then the rest).
+
+Steps, each with the package's own code and entry points:
+
+1. data: seeded shapes-world JSONL files (`bundled.dataset`) from the training combinations only;
+2. VQVAE: `python -m transformers_vargpt.training.vqvae` (or `--vqvae DIR` to reuse a trained one);
+3. a fresh VARGPT (small CLIP, small Llama, VAR decoder, that VQVAE); its CLIP tower first learns to see shapes and
+   colours on its own (`bundled.vision_pretraining`), then stage 0 trains every part but the VQVAE together
+   (`bundled.from_scratch`), since nothing here is pretrained;
+4. stages 1, 2, 3: `python -m transformers_vargpt.training --stage N ...` (= `vargpt-train`), each from the last;
+5. the output directory: weights, processor, the sampling defaults in `generation_config.json`, the evaluation on the
+   held-out combinations (`bundled.evaluate`: `evaluation.json`, `samples.png`) and the model card (`README.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .model import BundledSizes
+
+logger = logging.getLogger("transformers_vargpt.bundled")
+
+# What the output directory keeps of a saved model (the trainer also writes training state and code copies).
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "generation_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Data and optimisation of one `vargpt-train` stage."""
+
+    data: str  # "mixed" or "generation"
+    steps: int
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of the bundled model's training; `Recipe()` is the shipped model's, `Recipe.smoke()` a
+    seconds-long version that runs every step."""
+
+    sizes: BundledSizes = field(default_factory=BundledSizes)
+    image_size: int = 64
+    # VQVAE trainer options (python -m transformers_vargpt.training.vqvae)
+    vqvae_args: tuple[str, ...] = ()
+    # data: understanding / generation rows of the mixed file, rows of the generation-only file
+    mixed_understanding: int = 12000
+    mixed_generation: int = 12000
+    generation_only: int = 8000
+    questions_per_image: int = 4
+    random_color_shapes: float = 0.2
+    # vision tower pre-training (bundled.vision_pretraining)
+    vision_steps: int = 4000
+    vision_batch_size: int = 64
+    vision_learning_rate: float = 2e-3
+    batch_size: int = 32
+    stage0_steps: int = 1400
+    stage0_learning_rate: float = 1e-3
+    stages: tuple[tuple[int, StageSettings], ...] = (
+        (1, StageSettings("generation", 80, 5e-4)),
+        (2, StageSettings("mixed", 250, 3e-4)),
+        (3, StageSettings("generation", 400, 3e-4)),
+    )
+    # image sampling defaults saved in generation_config.json's `image_generation` (what `generate_images`, the
+    # pipeline and `vargpt generate` use): few candidate codes per position, so pictures stay clean
+    do_sample: bool = True
+    top_k: int = 5
+    top_p: float = 0.8
+    temperature: float = 1.0
+    guidance_scale: float = 1.0
+    # evaluation
+    eval_seeds: tuple[int, ...] = (0, 1)
+    eval_images_per_combination: int = 4
+
+    @classmethod
+    def smoke(cls) -> "Recipe":
+        return cls(
+            sizes=BundledSizes.smoke(),
+            vqvae_args=("--steps", "3", "--batch_size", "4", "--scale_sizes", "1", "2", "4",
+                        "--channel_multipliers", "1", "1", "1", "1", "1", "--vocab_size", "32",
+                        "--eval_scenes", "8", "--eval_random_color_scenes", "4"),
+            mixed_understanding=16,
+            mixed_generation=16,
+            generation_only=8,
+            batch_size=4,
+            vision_steps=3,
+            vision_batch_size=4,
+            stage0_steps=3,
+            stages=((1, StageSettings("generation", 1, 1e-3)), (2, StageSettings("mixed", 1, 1e-3)),
+                    (3, StageSettings("generation", 1, 1e-3))),
+            eval_seeds=(0,),
+            eval_images_per_combination=1,
+        )
+
+
+def write_data(recipe: Recipe, data_dir: Path, seed: int) -> dict[str, Path]:
+    from .dataset import write_shapes_world_dataset
+
+    return {
+        "mixed": write_shapes_world_dataset(
+            data_dir, recipe.mixed_understanding, recipe.mixed_generation, recipe.image_size, seed=seed,
+            filename="mixed.jsonl", questions_per_image=recipe.questions_per_image,
+            random_color_shapes=recipe.random_color_shapes,
+        ),
+        "generation": write_shapes_world_dataset(
+            data_dir, 0, recipe.generation_only, recipe.image_size, seed=seed + 1, filename="generation.jsonl",
+        ),
+    }
+
+
+def run_module(module: str, arguments: list[str]) -> None:
+    """`python -m module arguments...` in a child process (the entry point a user runs); fails loudly."""
+    command = [sys.executable, "-m", module, *arguments]
+    logger.info("running: " + " ".join(repr(a) if " " in a or not a else a for a in command))
+    subprocess.run(command, check=True)
+
+
+def train_vqvae(recipe: Recipe, output: Path, seed: int) -> Path:
+    run_module("transformers_vargpt.training.vqvae",
+               ["--output", str(output), "--image_size", str(recipe.image_size), "--seed", str(seed),
+                *recipe.vqvae_args])
+    return output
+
+
+def run_stage(stage: int, settings: StageSettings, model_dir: Path, data: Path, image_root: Path, output: Path,
+              recipe: Recipe, seed: int) -> Path:
+    """One stage through `vargpt-train` (`python -m transformers_vargpt.training`)."""
+    from .from_scratch import NO_SYSTEM_LINE
+
+    run_module("transformers_vargpt.training", [
+        "--stage", str(stage),
+        "--model", str(model_dir),
+        "--data", str(data),
+        "--image_root", str(image_root),
+        "--output", str(output),
+        "--max_steps", str(settings.steps),
+        "--per_device_train_batch_size", str(recipe.batch_size),
+        "--learning_rate", str(settings.learning_rate),
+        "--warmup_steps", "0.05",
+        "--weight_decay", "0.0",
+        "--logging_steps", "25",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--seed", str(seed),
+        "--data_seed", str(seed),
+        "--use_cpu", "true",
+        "--system_message", NO_SYSTEM_LINE,
+    ])
+    return output
+
+
+def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
+    """Copy the trained model's files into `output` with the recipe's sampling defaults."""
+    from transformers import GenerationConfig
+
+    output.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, output / name)
+    saved = GenerationConfig.from_pretrained(model_dir)
+    generation_config = GenerationConfig(
+        bos_token_id=saved.bos_token_id,
+        eos_token_id=saved.eos_token_id,
+        pad_token_id=saved.pad_token_id,
+        do_sample=False,  # answers: the most likely words
+        max_new_tokens=32,
+        image_generation={
+            "do_sample": recipe.do_sample,
+            "top_k": recipe.top_k,
+            "top_p": recipe.top_p,
+            "temperature": recipe.temperature,
+            "guidance_scale": recipe.guidance_scale,
+        },
+    )
+    generation_config.save_pretrained(output)
+    config = json.loads((output / "config.json").read_text())
+    if config.pop("auto_map", None) is not None:  # the package is installed: no copied code files are shipped
+        (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Path | None = None) -> dict:
+    """Run the whole recipe; returns the evaluation report (also written into `output`)."""
+    from .evaluate import evaluate
+    from .from_scratch import train_from_scratch
+    from .model import build_untrained_model, count_parameters, load_vqvae
+    from .model_card import write_model_card
+    from .tokenizer import build_shapes_tokenizer
+    from .vision_pretraining import pretrain_vision_tower
+
+    timings = {}
+    start = time.perf_counter()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = work_dir / "data"
+    data = write_data(recipe, data_dir, seed)
+    timings["data"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    if vqvae_dir is None:
+        vqvae_dir = train_vqvae(recipe, work_dir / "vqvae", seed)
+    vqvae = load_vqvae(vqvae_dir)
+    timings["vqvae"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    model, processor = build_untrained_model(build_shapes_tokenizer(), vqvae, recipe.sizes, seed)
+    parameters = count_parameters(model)
+    logger.info(f"parameters: {parameters}")
+    vision_metrics = pretrain_vision_tower(model, processor.image_processor, recipe.vision_steps,
+                                           recipe.vision_batch_size, recipe.vision_learning_rate, seed)
+    timings["vision"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    stage_dir = work_dir / "stage0"
+    train_from_scratch(model, processor, data["mixed"], data_dir, stage_dir, recipe.stage0_steps,
+                       recipe.stage0_learning_rate, recipe.batch_size, seed)
+    processor.save_pretrained(stage_dir)
+    del model
+    timings["stage0"] = time.perf_counter() - mark
+
+    for stage, settings in recipe.stages:
+        mark = time.perf_counter()
+        stage_dir = run_stage(stage, settings, stage_dir, data[settings.data], data_dir, work_dir / f"stage{stage}",
+                              recipe, seed)
+        timings[f"stage{stage}"] = time.perf_counter() - mark
+
+    finalize(stage_dir, output, recipe)
+    mark = time.perf_counter()
+    report = evaluate(str(output), output, list(recipe.eval_seeds), recipe.eval_images_per_combination)
+    timings["evaluation"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - start
+    report["timings_seconds"] = {key: round(value, 1) for key, value in timings.items()}
+    report["parameters"] = parameters
+    report["vision_pretraining"] = vision_metrics
+    report["recipe"] = json.loads(json.dumps(asdict(recipe)))
+    report["seed"] = seed
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_model_card(output, report, vqvae_dir)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .evaluate import summary
+
+    parser = argparse.ArgumentParser(description="Train the bundled shapes-world VARGPT from nothing.")
+    parser.add_argument("--output", type=Path, required=True, help="the model directory to write")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="data, VQVAE and stage checkpoints (default: OUTPUT.work, removed at the end)")
+    parser.add_argument("--vqvae", type=Path, default=None, help="reuse this trained VQVAE instead of training one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps: checks every step runs")
+    parser.add_argument("--keep-work-dir", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    recipe = Recipe.smoke() if args.smoke else Recipe()
+    work_dir = args.work_dir or args.output.with_name(args.output.name + ".work")
+    torch.manual_seed(args.seed)
+    report = build(args.output, work_dir, recipe, args.seed, args.vqvae)
+    if args.work_dir is None and not args.keep_work_dir:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    print(summary(report))
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_seconds"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Seeded training and evaluation data of the shapes world in the released format that `vargpt-train` reads.
+
+`write_shapes_world_dataset(directory, ...)` writes `images/*.png` (64×64 by default) and a JSON Lines file of
+`{"messages": [...], "images": [...]}` rows (image paths relative to `directory`, which is the `image_root`):
+
+- understanding rows ask about a picture (`<image>` in the first user turn): the shape, the shape's colour, the
+  background's colour (one-word answers) or a description (one sentence), in the world's phrasings or a few
+  paraphrases, one question or several in turn;
+- generation rows ask for a picture in one of the world's prompt phrasings; the answer draws it (`<image_gen>` in
+  the assistant turn), sometimes after a sentence saying what it draws, sometimes at once (as the pipeline and the
+  `vargpt generate` command prompt it: `ASSISTANT:` directly followed by `<|image_gen_start|>`).
+
+Only `training_combinations()` appear; `held_out_combinations()` are reserved for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from .vision_pretraining import random_far_color
+from ..shapes_world import (
+    GENERATION_PROMPTS,
+    draw,
+    QUESTIONS,
+    random_scene,
+    render,
+    training_combinations,
+)
+
+# Paraphrases beside the world's own wording (QUESTIONS / GENERATION_PROMPTS), so the model reads meaning, not one
+# fixed string. The world's wording is drawn half of the time.
+QUESTION_PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "shape": ("What shape is in the image?", "What shape is this?", "Which shape do you see?",
+              "What is the shape in the picture?"),
+    "color": ("What color is the shape?", "What is the color of the shape?", "Which color is the shape?",
+              "What color is the object?"),
+    "background": ("What color is the background?", "What is the background color?",
+                   "Which color is the background?", "What is the color of the background?"),
+    "describe": ("Describe the image.", "Describe this picture.", "What is in the image?",
+                 "Describe the image in one sentence."),
+}
+PROMPT_PARAPHRASES: tuple[str, ...] = GENERATION_PROMPTS + (
+    "Draw a picture of a {color} {shape} on a {background} background.",
+    "Generate a {color} {shape} on a {background} background.",
+    "Create an image of a {color} {shape} on a {background} background.",
+)
+GENERATION_ANSWER = "Here is a {color} {shape} on a {background} background."
+KINDS = ("understanding", "generation")
+
+
+def _question(rng: random.Random, kind: str) -> str:
+    return QUESTIONS[kind] if rng.random() < 0.5 else rng.choice(QUESTION_PARAPHRASES[kind])
+
+
+def _prompt(rng: random.Random) -> str:
+    return rng.choice(GENERATION_PROMPTS) if rng.random() < 0.6 else rng.choice(PROMPT_PARAPHRASES)
+
+
+def _balanced_stream(rng: random.Random, combinations: list[tuple[str, str, str]]):
+    """Every combination once per round, each round in a new seeded order: no triple is left out by chance."""
+    while True:
+        yield from rng.sample(combinations, len(combinations))
+
+
+def write_shapes_world_dataset(
+    directory: str | os.PathLike,
+    num_understanding: int,
+    num_generation: int,
+    image_size: int = 64,
+    seed: int = 0,
+    combinations: list[tuple[str, str, str]] | None = None,
+    filename: str = "train.jsonl",
+    answer_before_image: float = 0.5,
+    questions_per_image: int = 1,
+    random_color_shapes: float = 0.0,
+) -> Path:
+    """Write a shuffled mix of understanding and generation rows and their PNGs; return the JSONL path.
+
+    Images are named after the JSONL file, so several files (e.g. per training stage) can share `directory`.
+
+    Args:
+        directory: where `images/` and the JSONL file go (the `image_root` of training).
+        num_understanding / num_generation: rows of each kind (question kinds cycle evenly).
+        image_size: side of the pictures in pixels.
+        seed: seeds everything (scenes, phrasings, order): the same arguments write the same files.
+        combinations: (colour, shape, background) triples to draw from; default `training_combinations()`.
+        filename: name of the JSONL file.
+        answer_before_image: fraction of generation rows whose answer says what it draws before `<image_gen>`.
+        questions_per_image: most questions asked about one picture; an understanding row asks 1 to this many
+            (different kinds, the first cycling evenly over the kinds), which trains more answers per image read.
+        random_color_shapes: fraction of understanding rows that instead show the shape in random colours far from
+            the palette and ask only its shape, so the shape is learned from geometry rather than from which colour
+            pairs the training combinations draw with which shape.
+    """
+    if num_understanding < 0 or num_generation < 0 or num_understanding + num_generation == 0:
+        raise ValueError(f"need a positive number of rows, got {num_understanding} + {num_generation}")
+    if not 1 <= questions_per_image <= len(QUESTIONS):
+        raise ValueError(f"questions_per_image must be in [1, {len(QUESTIONS)}], got {questions_per_image}")
+    if not 0.0 <= answer_before_image <= 1.0:
+        raise ValueError(f"answer_before_image must be in [0, 1], got {answer_before_image}")
+    combinations = list(combinations if combinations is not None else training_combinations())
+    if not combinations:
+        raise ValueError("no combinations to draw from")
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    question_kinds = list(QUESTIONS)
+    plan = ["understanding"] * num_understanding + ["generation"] * num_generation
+    rng.shuffle(plan)
+    combination_stream = _balanced_stream(rng, combinations)
+    rows = []
+    understanding_index = 0
+    for index, kind in enumerate(plan):
+        scene = random_scene(rng, image_size, [next(combination_stream)])
+        relative = f"images/{Path(filename).stem}-{index:06d}.png"
+        words = {"color": scene.color, "shape": scene.shape, "background": scene.background}
+        if kind == "understanding" and rng.random() < random_color_shapes:
+            # a shape in colours outside the palette: only its shape has a name, read from the geometry alone
+            fill, background = random_far_color(rng), random_far_color(rng)
+            while sum((a - b) ** 2 for a, b in zip(fill, background)) < 100**2:
+                background = random_far_color(rng)
+            draw(scene.shape, scene.box, fill, background, image_size).save(directory / relative)
+            messages = [{"role": "user", "content": "<image>\n" + _question(rng, "shape")},
+                        {"role": "assistant", "content": scene.shape}]
+            rows.append({"messages": messages, "images": [relative]})
+            continue
+        render(scene, image_size).save(directory / relative)
+        if kind == "understanding":
+            # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
+            first = question_kinds[understanding_index % len(question_kinds)]
+            understanding_index += 1
+            others = rng.sample([k for k in question_kinds if k != first], rng.randint(0, questions_per_image - 1))
+            messages = []
+            for turn, question_kind in enumerate([first] + others):
+                question = ("<image>\n" if turn == 0 else "") + _question(rng, question_kind)
+                messages += [{"role": "user", "content": question},
+                             {"role": "assistant", "content": scene.answer(question_kind)}]
+        else:
+            answer = "<image_gen>"
+            if rng.random() < answer_before_image:
+                answer = GENERATION_ANSWER.format(**words) + "<image_gen>"
+            messages = [
+                {"role": "user", "content": _prompt(rng).format(**words)},
+                {"role": "assistant", "content": answer},
+            ]
+        rows.append({"messages": messages, "images": [relative]})
+    path = directory / filename
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def world_texts() -> list[str]:
+    """Every sentence the dataset can contain (prompts, questions, answers), for building the vocabulary."""
+    from ..shapes_world import PALETTE, SHAPES
+
+    texts = [q for phrasings in QUESTION_PARAPHRASES.values() for q in phrasings] + list(QUESTIONS.values())
+    for color in PALETTE:
+        for shape in SHAPES:
+            for background in PALETTE:
+                words = {"color": color, "shape": shape, "background": background}
+                texts += [p.format(**words) for p in PROMPT_PARAPHRASES]
+                texts.append(GENERATION_ANSWER.format(**words))
+                texts.append(f"A {color} {shape} on a {background} background.")
+    return texts
+
+
+__all__ = ["KINDS", "QUESTION_PARAPHRASES", "PROMPT_PARAPHRASES", "GENERATION_ANSWER",
+           "write_shapes_world_dataset", "world_texts"]

@@ -1,0 +1,123 @@
+"""The bundled model's recipe: data, tokenizer, evaluation rules, and a smoke run of every step of the build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from transformers_vargpt.bundled.dataset import write_shapes_world_dataset
+from transformers_vargpt.bundled.evaluate import answer_is_right, normalize_answer
+from transformers_vargpt.bundled.tokenizer import build_shapes_tokenizer
+from transformers_vargpt.shapes_world import (
+    GENERATION_PROMPTS,
+    QUESTIONS,
+    Scene,
+    check_image,
+    held_out_combinations,
+    training_combinations,
+)
+from transformers_vargpt.training import load_vargpt_dataset
+
+
+def _words(row: dict) -> tuple[str, str, str] | None:
+    """(colour, shape, background) a generation row asks for, read back from its prompt."""
+    prompt = row["messages"][0]["content"].lower().rstrip(".?")
+    for color, shape, background in training_combinations() + held_out_combinations():
+        if f"a {color} {shape} on a {background} background" in prompt:
+            return color, shape, background
+    return None
+
+
+def test_dataset_is_seeded_held_out_free_and_in_the_released_format(tmp_path):
+    first = write_shapes_world_dataset(tmp_path / "a", 40, 40, seed=3, questions_per_image=4)
+    second = write_shapes_world_dataset(tmp_path / "b", 40, 40, seed=3, questions_per_image=4)
+    assert first.read_text() == second.read_text()
+    assert (tmp_path / "a" / "images").is_dir()
+    for image in sorted((tmp_path / "a" / "images").iterdir())[:5]:
+        assert image.read_bytes() == (tmp_path / "b" / "images" / image.name).read_bytes()
+
+    rows = [json.loads(line) for line in first.read_text().splitlines()]
+    held = set(held_out_combinations())
+    kinds = {"understanding": 0, "generation": 0}
+    for row in rows:
+        assert len(row["images"]) == 1
+        picture = check_image(Image.open(tmp_path / "a" / row["images"][0]))
+        combination = (picture.color, picture.shape, picture.background)
+        assert combination not in held and None not in combination
+        if row["messages"][0]["content"].startswith("<image>"):
+            kinds["understanding"] += 1
+            answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+            assert 1 <= len(answers) <= 4
+            expected = Scene(shape=picture.shape, color=picture.color, background=picture.background)
+            assert set(answers) <= {expected.answer(kind) for kind in QUESTIONS}
+        else:
+            kinds["generation"] += 1
+            assert row["messages"][1]["content"].endswith("<image_gen>")
+            assert _words(row) == combination  # the picture is what the prompt asks for
+    assert kinds == {"understanding": 40, "generation": 40}
+    dataset = load_vargpt_dataset(str(first), tmp_path / "a")  # what vargpt-train reads
+    assert len(dataset) == 80
+
+
+def test_dataset_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="positive number of rows"):
+        write_shapes_world_dataset(tmp_path, 0, 0)
+    with pytest.raises(ValueError, match="questions_per_image"):
+        write_shapes_world_dataset(tmp_path, 1, 1, questions_per_image=5)
+
+
+def test_tokenizer_is_deterministic_and_reads_any_text():
+    tokenizer = build_shapes_tokenizer()
+    assert tokenizer.get_vocab() == build_shapes_tokenizer().get_vocab()
+    for prompt in GENERATION_PROMPTS:
+        ids = tokenizer(prompt.format(color="red", shape="circle", background="blue"))["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+    for token in ("<image>", "<pad>", "<|image_gen_start|>", "<|image_gen_end|>", "<|image_gen_pad|>", "</s>"):
+        assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    ids = tokenizer("Zeichne einen Kreis! ☃ 12", add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id in ids
+    sentence = "A red circle on a blue background."
+    decoded = tokenizer.decode(tokenizer(sentence)["input_ids"], skip_special_tokens=True)
+    assert decoded == sentence.lower()
+
+
+def test_answer_rules():
+    scene = Scene(shape="circle", color="red", background="blue")
+    assert normalize_answer(" Circle. ") == "circle"
+    assert answer_is_right("shape", "Circle.", scene) and not answer_is_right("shape", "a circle", scene)
+    assert answer_is_right("color", "red", scene) and answer_is_right("background", "BLUE.", scene)
+    assert answer_is_right("describe", "A red circle on a blue background.", scene)
+    assert not answer_is_right("describe", "A blue circle on a red background.", scene)
+    assert not answer_is_right("describe", "A red circle.", scene)
+
+
+def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
+    """The whole recipe at tiny sizes: VQVAE, data, stage 0, stages 1-3 through vargpt-train, evaluation, card."""
+    from transformers import AutoProcessor
+
+    from transformers_vargpt import VargptForConditionalGeneration, VargptPipeline
+    from transformers_vargpt.bundled.build import main
+
+    output = tmp_path / "model"
+    main(["--smoke", "--output", str(output), "--work-dir", str(tmp_path / "work")])
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md",
+                 "evaluation.json", "samples.png"):
+        assert (output / name).is_file(), name
+    report = json.loads((output / "evaluation.json").read_text())
+    assert report["generation"]["num_images"] == len(held_out_combinations()) * 3
+    assert set(report["questions"]) == set(QUESTIONS)
+    for stage in (0, 1, 2, 3):
+        assert (tmp_path / "work" / f"stage{stage}" / "model.safetensors").is_file()
+    model = VargptForConditionalGeneration.from_pretrained(output)
+    processor = AutoProcessor.from_pretrained(output)
+    assert model.generation_config.image_generation["top_k"] == report["generation"]["sampling"]["top_k"]
+    assert processor.patch_nums == model.config.vq_config.scale_sizes
+    pipe = VargptPipeline.from_pretrained(str(output))
+    image = pipe("Draw a red circle on a blue background.", generator=torch.Generator().manual_seed(0)).images[0]
+    size = model.config.vq_config.image_size
+    assert image.size == (size, size)
+    assert "auto_map" not in json.loads((output / "config.json").read_text())
