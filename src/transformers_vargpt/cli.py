@@ -52,8 +52,11 @@ def resolve_model(model: str | None) -> str:
     import transformers_vargpt
 
     bundled = getattr(transformers_vargpt, "BUNDLED_MODEL", None)
-    if bundled is None:
-        raise CliError("this installation of transformers-vargpt has no bundled model; pass --model DIR_OR_HUB_ID")
+    if bundled is None or not os.path.isfile(os.path.join(bundled, "config.json")):
+        raise CliError(
+            "this installation of transformers-vargpt has no trained bundled model (build it with `make bundled-model`);"
+            " pass --model DIR_OR_HUB_ID"
+        )
     return str(bundled)
 
 

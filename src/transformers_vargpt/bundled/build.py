@@ -147,8 +147,6 @@ def train_vqvae(recipe: Recipe, output: Path, seed: int) -> Path:
 def run_stage(stage: int, settings: StageSettings, model_dir: Path, data: Path, image_root: Path, output: Path,
               recipe: Recipe, seed: int) -> Path:
     """One stage through `vargpt-train` (`python -m transformers_vargpt.training`)."""
-    from .from_scratch import NO_SYSTEM_LINE
-
     run_module("transformers_vargpt.training", [
         "--stage", str(stage),
         "--model", str(model_dir),
@@ -166,7 +164,6 @@ def run_stage(stage: int, settings: StageSettings, model_dir: Path, data: Path, 
         "--seed", str(seed),
         "--data_seed", str(seed),
         "--use_cpu", "true",
-        "--system_message", NO_SYSTEM_LINE,
     ])
     return output
 

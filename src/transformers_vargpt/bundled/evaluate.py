@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import time
 from pathlib import Path
@@ -30,14 +29,15 @@ from PIL import Image, ImageDraw
 from ..generation_vargpt import IMAGE_GENERATION_DEFAULTS
 from ..shapes_world import (
     GENERATION_PROMPTS,
+    HELD_OUT_QUESTION_SEED,
     PALETTE,
     QUESTIONS,
     SHAPES,
     Scene,
     check_image,
     held_out_combinations,
-    random_box,
-    render,
+    normalize_answer,
+    question_set,
 )
 
 
@@ -46,12 +46,6 @@ def image_sampling_defaults(model) -> dict:
     `generate_images`, the pipeline and `vargpt generate` use when not told otherwise."""
     config = model.image_generation_config()
     return {key: getattr(config, key) for key in IMAGE_GENERATION_DEFAULTS}
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-cased, stripped, one trailing period removed."""
-    text = text.strip().lower()
-    return text[:-1].strip() if text.endswith(".") else text
 
 
 def answer_is_right(kind: str, answer: str, scene: Scene) -> bool:
@@ -118,26 +112,22 @@ def answer_questions(model, processor, images: list[Image.Image], question: str,
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def evaluate_questions(model, processor, combinations, images_per_combination: int, seed: int,
+def evaluate_questions(model, processor, images_per_combination: int, seed: int = HELD_OUT_QUESTION_SEED,
                        batch_size: int = 32) -> dict:
-    """Ask the four questions about rendered held-out pictures; accuracy per question kind and a few mistakes."""
-    rng = random.Random(seed)
-    size = model.config.vq_config.image_size
-    scenes = [
-        Scene(shape=shape, color=color, background=background, box=random_box(rng, size))
-        for color, shape, background in combinations
-        for _ in range(images_per_combination)
-    ]
-    images = [render(scene, size) for scene in scenes]
+    """Ask the four questions about the held-out pictures of `shapes_world.question_set` (the set the lmms-eval task
+    `vargpt_shapes_qa` asks too); accuracy per question kind and a few mistakes."""
+    records = question_set(seed, images_per_combination, image_size=model.config.vq_config.image_size,
+                           kinds=tuple(QUESTIONS))
     results = {}
     for kind, question in QUESTIONS.items():
+        asked = [record for record in records if record.kind == kind]
         answers = []
-        for start in range(0, len(images), batch_size):
-            answers += answer_questions(model, processor, images[start : start + batch_size], question)
-        right = [answer_is_right(kind, answer, scene) for answer, scene in zip(answers, scenes)]
-        mistakes = [{"expected": scene.answer(kind), "answer": answer}
-                    for answer, scene, ok in zip(answers, scenes, right) if not ok]
-        results[kind] = {"question": question, "num_images": len(scenes), "accuracy": sum(right) / len(right),
+        for start in range(0, len(asked), batch_size):
+            answers += answer_questions(model, processor, [r.image for r in asked[start : start + batch_size]], question)
+        right = [answer_is_right(kind, answer, record.scene) for answer, record in zip(answers, asked)]
+        mistakes = [{"expected": record.answer, "answer": answer}
+                    for answer, record, ok in zip(answers, asked, right) if not ok]
+        results[kind] = {"question": question, "num_images": len(asked), "accuracy": sum(right) / len(right),
                          "mistakes": mistakes[:5]}
     return results
 
@@ -173,7 +163,7 @@ def evaluate(model_path: str, output_dir: Path | None, seeds: list[int], images_
     sampling = image_sampling_defaults(model)
     start = time.perf_counter()
     generation = evaluate_generation(model, processor, combinations, seeds)
-    questions = evaluate_questions(model, processor, combinations, images_per_combination, seed=12345)
+    questions = evaluate_questions(model, processor, images_per_combination)
     samples = generation.pop("samples")
     report = {
         "model": str(model_path),

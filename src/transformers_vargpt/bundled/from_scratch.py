@@ -15,8 +15,6 @@ from ..training import VargptSFTConfig, VargptSFTTrainer, load_vargpt_dataset
 from ..training.data import IMAGE_MARKER
 
 logger = logging.getLogger("transformers_vargpt.bundled")
-# The model is prompted without a system line (the chat template has none); a blank one renders to no token.
-NO_SYSTEM_LINE = " "
 
 
 def with_lengths(dataset, processor, image_seq_length: int):
@@ -67,7 +65,6 @@ def train_from_scratch(
         length_column_name="length",
         dataloader_num_workers=dataloader_num_workers,
         use_cpu=True,  # the same weights on any machine: the recipe is sized for CPUs
-        system_message=NO_SYSTEM_LINE,
     )
     trainer = VargptSFTTrainer(
         model=model,
