@@ -102,7 +102,7 @@ def check_image_tokens(image_tokens: torch.Tensor, vocab_size: int, length: int)
         raise TypeError(f"image_tokens must be an integer tensor of code indices, got {image_tokens.dtype}")
     if image_tokens.ndim != 2 or image_tokens.shape[0] == 0 or image_tokens.shape[1] != length:
         raise ValueError(
-            f"image_tokens must be N x {length} code indices (N >= 1, all scales concatenated), "
+            f"image tokens must be B x {length} code indices (B >= 1, all scales concatenated), "
             f"got shape {tuple(image_tokens.shape)}"
         )
     low, high = int(image_tokens.min()), int(image_tokens.max())
