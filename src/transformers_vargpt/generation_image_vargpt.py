@@ -270,7 +270,7 @@ class VargptImageGenerationMixin:
 
         Args:
             input_ids (B×T): left-padded prompts, ending with or without `<|image_gen_start|>`.
-            attention_mask (B×T, optional): 1 for real tokens.
+            attention_mask (B×T, optional): 1 for real tokens; without it, padding is read from `config.pad_token_id`.
             pixel_values (optional): images for `<image>` tokens in the prompts.
             generation_config (`GenerationConfig`, optional): the image sampling settings (see
                 `image_generation_config`); default: `self.generation_config.image_generation` over the released
@@ -287,6 +287,9 @@ class VargptImageGenerationMixin:
 
         Returns:
             [`VargptImageGenerationOutput`] with `images` (B·n×3×H×W in [0, 1]) and `image_tokens` (B·n×L).
+
+        Raises `FloatingPointError` when a scale's code logits or the decoded images are not finite (typically a
+        float16 model overflowing: load it in bfloat16).
         """
         check_generator(generator)
         image_config = self.image_generation_config(generation_config, **kwargs)

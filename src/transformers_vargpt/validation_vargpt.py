@@ -31,15 +31,11 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
 
 
 def check_attention_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> None:
-    """A 2-D `attention_mask` must have the shape of `input_ids` (B×T)."""
-    if attention_mask is None or not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
-        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim < 2):
-            raise ValueError(
-                f"attention_mask must be a B x T tensor like input_ids {tuple(input_ids.shape)}, got "
-                f"{tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)}"
-            )
-        return  # 4-D masks are the caller's own
-    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+    """A 2-D `attention_mask` must have the shape of `input_ids` (B×T); 4-D masks (and transformers' mask
+    mappings) are the caller's own."""
+    if not isinstance(attention_mask, torch.Tensor):
+        return
+    if attention_mask.ndim != 4 and tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}; "
             "they must match (1 for real tokens, 0 for padding)"
