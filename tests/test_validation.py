@@ -93,6 +93,14 @@ def test_non_finite_decoded_image():
         model.decode_image_tokens(codes(model))
 
 
+def test_float16_overflow_of_the_fixture_says_to_use_bfloat16(tiny_dir, golden, golden_tensors):
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny_dir, dtype=torch.float16, **golden["reference_hparams"]
+    ).eval()
+    with pytest.raises(FloatingPointError, match="float16 .*bfloat16"):
+        model.generate_images(golden_tensors["t2i_input_ids"], do_sample=False)
+
+
 # ---- padding without a mask ----------------------------------------------------------------------------------------
 def test_padded_batch_without_attention_mask_draws_like_the_prompt_alone(model):
     long_prompt = [1, 5, 6, 7, 8, 9, 10]
