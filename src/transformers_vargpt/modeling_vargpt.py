@@ -210,8 +210,8 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
         """Loads our layout and the released layout alike: released key names are renamed on the fly. A truncated or
         corrupt weights file of a local directory is named (before any model is built)."""
         kwargs.setdefault("key_mapping", RELEASED_KEY_MAPPING)
-        directory = Path(pretrained_model_name_or_path)
-        if directory.is_dir():
+        directory = Path(pretrained_model_name_or_path or "")
+        if pretrained_model_name_or_path is not None and directory.is_dir():
             read_weight_shapes(weight_files(directory / kwargs.get("subfolder", "")))
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
