@@ -3,13 +3,15 @@
 
 The released code hard-codes the VAR and VQVAE sizes, so its `config.json` lacks them; loading such a directory with
 the wrong sizes would build random blocks (a smaller or deeper VAR) or fail late with a generic mismatch. Most sizes
-are determined by the weights' shapes (depth, widths, vocabulary, heads); the rest (`patch_nums`, `vq_quant_resi`,
-`var_norm_eps`) are not, and a load that needs them names them.
+are determined by the weights' shapes (depth, widths, vocabulary, heads) and `patch_nums` by the saved `lvl_1L` buffer
+(the scale of each image position); `vq_quant_resi` and `var_norm_eps` are not (the released values are the
+defaults), and a load that needs what the weights do not say names it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,29 @@ def read_weight_shapes(files: list[Path]) -> dict[str, list[int]]:
                 f"cannot read the weights file {str(path)!r} (truncated or corrupt? download it again): {error}"
             ) from error
     return shapes
+
+
+def scale_sizes_from_scale_ids(scale_ids) -> list[int] | None:
+    """`patch_nums` from the released `lvl_1L` buffer (the scale index of each of the L image positions): scale i
+    covers s_i² positions. None when the buffer does not describe square scales in order."""
+    ids = scale_ids.flatten().long()
+    if ids.numel() == 0 or bool((ids[1:] < ids[:-1]).any()) or int(ids.min()) != 0:
+        return None
+    sides = []
+    for count in ids.bincount().tolist():
+        side = math.isqrt(count)
+        if count == 0 or side * side != count:
+            return None
+        sides.append(side)
+    return sides
+
+
+def _read_tensor(files: list[Path], name: str):
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            if name in handle.keys():
+                return handle.get_tensor(name)
+    return None
 
 
 def released_sizes_from_shapes(shapes: dict[str, list[int]]) -> dict[str, Any]:
@@ -92,10 +117,15 @@ def released_sizes_for(directory: Path, config: dict[str, Any], given: dict[str,
     holds them)."""
     if "vq_config" in config or "var_config" in config or any(name in config for name in RELEASED_FLAT_NAMES):
         return {}
-    shapes = read_weight_shapes(weight_files(directory))
+    files = weight_files(directory)
+    shapes = read_weight_shapes(files)
     if not any(name.startswith(_VAR) for name in shapes):
         return {}
     detected = released_sizes_from_shapes(shapes)
+    if f"{_VAR}lvl_1L" in shapes:  # a small buffer: the scale of each image position gives the scale sides
+        scale_sizes = scale_sizes_from_scale_ids(_read_tensor(files, f"{_VAR}lvl_1L"))
+        if scale_sizes is not None:
+            detected["patch_nums"] = scale_sizes
     contradicted = [
         f"{name}={given[name]!r} (the weights have {value!r})"
         for name, value in detected.items()
@@ -107,7 +137,7 @@ def released_sizes_for(directory: Path, config: dict[str, Any], given: dict[str,
             f"{', '.join(contradicted)}; leave these out (they are read from the weights) or correct them"
         )
     sizes = {name: value for name, value in detected.items() if name not in given}
-    patch_nums = given.get("patch_nums", RELEASED_PATCH_NUMS)
+    patch_nums = given.get("patch_nums", sizes.get("patch_nums", RELEASED_PATCH_NUMS))
     num_scales = shapes.get(f"{_VAR}lvl_embed.weight", [len(patch_nums)])[0]
     length = shapes.get(f"{_VAR}pos_1LC", [1, sum(s * s for s in patch_nums)])[1]
     if len(patch_nums) != num_scales or sum(s * s for s in patch_nums) != length:
@@ -117,7 +147,7 @@ def released_sizes_for(directory: Path, config: dict[str, Any], given: dict[str,
             f"patch_nums={list(patch_nums)}{hint} does not give: pass patch_nums= (the side of each scale, "
             f"increasing, squares summing to {length}) to from_pretrained; image_gen_size then follows"
         )
-    if "image_gen_size" not in given and "patch_nums" in given:
+    if "image_gen_size" not in given and ("patch_nums" in given or "patch_nums" in sizes):
         multipliers = given.get("vq_ch_mult", sizes.get("vq_ch_mult"))
         if multipliers is not None:
             sizes["image_gen_size"] = list(patch_nums)[-1] * 2 ** (len(multipliers) - 1)
