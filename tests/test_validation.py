@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -210,7 +211,9 @@ def test_empty_image(tiny_pair):
         processor(images=PIL.Image.new("RGB", (0, 0)), text="<image>\nWhat is it?", return_tensors="pt")
 
 
-def test_lazily_opened_truncated_image_is_named(tiny_pair, tmp_path):
+def test_lazily_opened_truncated_image_is_named(tiny_pair, tmp_path, monkeypatch):
+    # PIL's default (some libraries, lmms-eval among them, switch it globally to pad truncated files silently)
+    monkeypatch.setattr(PIL.ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     buffer = io.BytesIO()
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
     path = tmp_path / "cut.png"
