@@ -91,8 +91,10 @@ def test_save_pretrained_round_trip(tiny_model, tmp_path):
     inputs = mixed_inputs()
     with torch.no_grad():
         a, b = model(**inputs), loaded(**inputs)
-    assert torch.equal(a.logits, b.logits)
-    assert torch.equal(a.image_logits, b.image_logits)
+    # the parameters are equal, the computed floats only close: memory-mapped safetensors parameters are not always
+    # 64-byte aligned, so other kernels may run
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.image_logits, b.image_logits, atol=1e-5, rtol=1e-5)
     prompt = torch.tensor([LONG_PROMPT])
     assert torch.equal(
         model.generate_images(prompt, do_sample=False).image_tokens,

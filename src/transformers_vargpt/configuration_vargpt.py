@@ -11,6 +11,7 @@ land in the sub-configs; ``save_pretrained`` writes the nested form.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -240,7 +241,19 @@ class VargptConfig(PreTrainedConfig):
         """Released flat names among the keyword arguments (`from_pretrained(dir, var_depth=2)`) override the
         loaded sizes: they join the dict so that the sub-configs are built (and checked) once, with all of them."""
         flat = {name: kwargs.pop(name) for name in list(kwargs) if name in RELEASED_FLAT_NAMES}
+        source = kwargs.get("name_or_path")
+        if source and Path(source).is_dir():
+            # a released-layout directory lacks the VAR / VQVAE sizes: read them from its weights' shapes
+            from .released_checkpoint_vargpt import released_sizes_for  # (it reads this module's names)
+
+            flat.update(released_sizes_for(Path(source), config_dict, flat))
         return super().from_dict({**config_dict, **flat}, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VargptConfig":
+        """As `PreTrainedConfig.from_pretrained`; the directory is passed on to `from_dict` (see there)."""
+        kwargs.setdefault("name_or_path", str(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ---- convenient views -------------------------------------------------------------------------------------
     @property

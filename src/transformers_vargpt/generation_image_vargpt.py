@@ -20,6 +20,14 @@ from transformers.models.llama.modeling_llama import LlamaModel
 
 from .generation_vargpt import IMAGE_GENERATION_DEFAULTS, CodeSampler, VargptImageGenerationOutput
 from .modeling_vargpt_var import ScaleKVCache
+from .validation_vargpt import (
+    check_attention_mask,
+    check_finite_output,
+    check_generator,
+    check_image_tokens,
+    check_placeholders,
+    check_token_ids,
+)
 
 # transformers renamed the cache argument `past_key_values` → `cache` during 5.x; speak whichever is installed.
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
@@ -120,6 +128,22 @@ class VargptImageGenerationMixin:
         mask = torch.where(has_start[:, None], shifted_mask, grown_mask)
         return ids, mask
 
+    def _attention_mask_from_pads(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """The mask of prompts given without one: padding is read from `pad_token_id` (B×T → B×T). Pads must sit
+        at one end of each row, as a tokenizer puts them; anywhere else the mask must be passed."""
+        pad = self.config.pad_token_id
+        if pad is None or not bool((input_ids == pad).any()):
+            return torch.ones_like(input_ids)
+        mask = (input_ids != pad).long()
+        # a row's pads are one run at the left or at the right when its mask changes value at most once
+        changes = (mask[:, 1:] != mask[:, :-1]).sum(dim=1)
+        if bool((changes > 1).any()):
+            raise ValueError(
+                f"input_ids hold pad tokens (pad_token_id={pad}) inside the prompts: pass the attention_mask "
+                "(1 for real tokens, 0 for padding)"
+            )
+        return mask
+
     def _llm_step(self, inputs_embeds, attention_mask, position_ids, cache) -> torch.Tensor:
         outputs = self.model.language_model(
             inputs_embeds=inputs_embeds,
@@ -146,11 +170,15 @@ class VargptImageGenerationMixin:
             num_images_per_prompt < 1
         ):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be a non-empty B x T tensor, got shape {tuple(input_ids.shape)}")
+        check_token_ids(input_ids, self.config.text_config.vocab_size)
+        check_attention_mask(attention_mask, input_ids)
+        # (earlier drawn blocks of an interleaved answer may hold <|image_gen_pad|> tokens: only <image> is checked)
+        check_placeholders(input_ids, self.config.image_token_index, None, pixel_values is not None, False)
         device = self.lm_head.weight.device
         input_ids = input_ids.to(device)
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        if attention_mask is None:
+            attention_mask = self._attention_mask_from_pads(input_ids)
+        attention_mask = attention_mask.to(device)
         input_ids, attention_mask = self._prompts_ending_with_start(input_ids, attention_mask)
         max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
         needed = input_ids.shape[1] + self.config.num_image_gen_tokens + 1
@@ -211,6 +239,7 @@ class VargptImageGenerationMixin:
         hidden = self._llm_step(llm_embeds, state.attention_mask, positions, state.llm_cache)
         var_states = self.model.gen_output_projector(hidden.to(state.condition.dtype))
         logits = decoder(var_states, state.condition, cache=state.var_cache)
+        check_finite_output(logits, f"the code logits of scale {si} (side {decoder.scale_sizes[si]})", self.dtype)
         codes = code_sampler(logits, state.codes_so_far, generator=generator)
         start = state.num_codes_so_far
         state.image_tokens[:, start : start + length] = codes
@@ -241,7 +270,7 @@ class VargptImageGenerationMixin:
 
         Args:
             input_ids (B×T): left-padded prompts, ending with or without `<|image_gen_start|>`.
-            attention_mask (B×T, optional): 1 for real tokens.
+            attention_mask (B×T, optional): 1 for real tokens; without it, padding is read from `config.pad_token_id`.
             pixel_values (optional): images for `<image>` tokens in the prompts.
             generation_config (`GenerationConfig`, optional): the image sampling settings (see
                 `image_generation_config`); default: `self.generation_config.image_generation` over the released
@@ -258,7 +287,11 @@ class VargptImageGenerationMixin:
 
         Returns:
             [`VargptImageGenerationOutput`] with `images` (B·n×3×H×W in [0, 1]) and `image_tokens` (B·n×L).
+
+        Raises `FloatingPointError` when a scale's code logits or the decoded images are not finite (typically a
+        float16 model overflowing: load it in bfloat16).
         """
+        check_generator(generator)
         image_config = self.image_generation_config(generation_config, **kwargs)
         sampler = CodeSampler(image_config, self.model.scale_decoder.scale_sizes, logits_processor)
         state = self.prepare_next_scale_state(
@@ -274,11 +307,14 @@ class VargptImageGenerationMixin:
     @torch.no_grad()
     def decode_fhat(self, f_hat: torch.Tensor) -> torch.FloatTensor:
         """Summed code features f̂ (B×Cvae×S×S, complete or partial) → float images in [0, 1] (B×3×H×W)."""
-        return self.model.vqvae.decode_fhat(f_hat).add(1).mul(0.5).float()
+        images = self.model.vqvae.decode_fhat(f_hat)
+        check_finite_output(images, "the decoded images", self.dtype)
+        return images.add(1).mul(0.5).float()
 
     @torch.no_grad()
     def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
         """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
+        check_image_tokens(image_tokens, self.config.vq_config.vocab_size, self.config.num_image_gen_tokens)
         return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
 
 

@@ -85,6 +85,26 @@ def _open_image_file(path: Path) -> PIL.Image.Image:
         raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {error}") from error
 
 
+def _image_name(image: PIL.Image.Image) -> str:
+    filename = getattr(image, "filename", "") or ""
+    return repr(filename) if filename else f"in-memory {image.format or image.mode} image"
+
+
+def _loaded(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A lazily opened image's pixels are read here, so that a truncated file is named (not a bare OSError)."""
+    try:
+        image.load()
+    except OSError as error:
+        raise ValueError(f"image {_image_name(image)} is truncated or corrupt: {error}") from error
+    return image
+
+
+def _checked_size(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels)")
+    return image
+
+
 def load_rgb_image(image: Any) -> PIL.Image.Image:
     """One input image as an 8-bit RGB PIL image.
 
@@ -100,14 +120,15 @@ def load_rgb_image(image: Any) -> PIL.Image.Image:
         else:
             raise ValueError(f"image dict without bytes or path: {sorted(image)}")
     if isinstance(image, (str, os.PathLike)):
-        return _open_image_file(Path(image))
+        return _checked_size(_open_image_file(Path(image)), str(image))
     if isinstance(image, PIL.Image.Image):
-        return _pil_to_rgb(image)
+        return _checked_size(_pil_to_rgb(_loaded(image)), _image_name(image))
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
-        return _array_to_rgb((image.float() if image.is_floating_point() else image).numpy(), channels_first=True)
+        array = (image.float() if image.is_floating_point() else image).numpy()
+        return _checked_size(_array_to_rgb(array, channels_first=True), "tensor image")
     if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, channels_first=False)
+        return _checked_size(_array_to_rgb(image, channels_first=False), "array image")
     raise TypeError(
         "images must be PIL images, numpy arrays, torch tensors, image file paths or datasets image records; "
         f"got {type(image).__name__}"

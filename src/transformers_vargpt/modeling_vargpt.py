@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,15 @@ from .generation_vargpt import IMAGE_GENERATION_DEFAULTS, VargptInterleavedOutpu
 from .hub import VargptHubMixin
 from .modeling_vargpt_var import VarBlock, VargptScaleDecoder, VarSelfAttention
 from .modeling_vargpt_vqvae import VargptVQVAE
+from .released_checkpoint_vargpt import read_weight_shapes, weight_files
+from .validation_vargpt import (
+    check_attention_mask,
+    check_generation_images,
+    check_image_tokens,
+    check_pixel_values,
+    check_placeholders,
+    check_token_ids,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -197,8 +207,12 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Loads our layout and the released layout alike: released key names are renamed on the fly."""
+        """Loads our layout and the released layout alike: released key names are renamed on the fly. A truncated or
+        corrupt weights file of a local directory is named (before any model is built)."""
         kwargs.setdefault("key_mapping", RELEASED_KEY_MAPPING)
+        directory = Path(pretrained_model_name_or_path or "")
+        if pretrained_model_name_or_path is not None and directory.is_dir():
+            read_weight_shapes(weight_files(directory / kwargs.get("subfolder", "")))
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -231,6 +245,7 @@ class VargptModel(VargptPreTrainedModel):
     # ---- understanding ------------------------------------------------------------------------------------------
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images (N×3×h×w, CLIP-normalised) → projected features (N×patches×hidden_size)."""
+        check_pixel_values(pixel_values)
         vision_dtype = self.vision_tower.dtype
         outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.config.vision_feature_layer]
@@ -308,8 +323,10 @@ class VargptModel(VargptPreTrainedModel):
         if pixel_gen_values is not None and image_tokens is not None:
             raise ValueError("pass either pixel_gen_values or image_tokens, not both")
         if pixel_gen_values is not None:
+            check_generation_images(pixel_gen_values)
             image_tokens = self.vqvae.tokenize(pixel_gen_values)
         else:
+            check_image_tokens(image_tokens, self.config.vq_config.vocab_size, self.config.num_image_gen_tokens)
             image_tokens = image_tokens.to(input_ids.device)
         num_images, length = image_tokens.shape
         pad_mask = input_ids == self.config.image_gen_pad_token_id
@@ -326,6 +343,18 @@ class VargptModel(VargptPreTrainedModel):
             pad_mask.unsqueeze(-1), gen_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
         )
         return inputs_embeds, image_tokens, condition
+
+    def _check_prompt(self, input_ids, attention_mask, pixel_values, pixel_gen_values, image_tokens) -> None:
+        """Checks of a prompt's first pass (later cached steps only add the model's own tokens)."""
+        check_token_ids(input_ids, self.config.text_config.vocab_size)
+        check_attention_mask(attention_mask, input_ids)
+        check_placeholders(
+            input_ids,
+            self.config.image_token_index,
+            self.config.image_gen_pad_token_id,
+            has_pixel_values=pixel_values is not None,
+            has_gen_images=pixel_gen_values is not None or image_tokens is not None,
+        )
 
     def forward(
         self,
@@ -350,6 +379,8 @@ class VargptModel(VargptPreTrainedModel):
             cache = kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+            self._check_prompt(input_ids, attention_mask, pixel_values, pixel_gen_values, image_tokens)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         image_features = targets = condition = None

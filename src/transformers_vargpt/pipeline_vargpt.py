@@ -9,6 +9,7 @@ converts the images to `output_type`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -208,8 +209,8 @@ class VargptPipeline(DiffusionPipeline):
                     callback_kwargs = {
                         name: self._callback_tensor(name, state) for name in callback_on_step_end_tensor_inputs
                     }
-                    callback_outputs = callback_on_step_end(self, scale_index, scale_index, callback_kwargs) or {}
-                    new_f_hat = callback_outputs.get("f_hat")
+                    callback_outputs = callback_on_step_end(self, scale_index, scale_index, callback_kwargs)
+                    new_f_hat = _returned_f_hat(callback_outputs, state["f_hat"])
                     if new_f_hat is not None and new_f_hat is not state["f_hat"]:
                         state["f_hat"].copy_(new_f_hat)
                 progress_bar.update()
@@ -238,6 +239,26 @@ class VargptPipeline(DiffusionPipeline):
         if name == "image":
             return self.model.decode_fhat(state["f_hat"])
         return state[name]
+
+
+def _returned_f_hat(callback_outputs: Any, f_hat: torch.Tensor) -> torch.Tensor | None:
+    """The `f_hat` a `callback_on_step_end` returned (None: unchanged), checked against the running one."""
+    if callback_outputs is None:
+        return None
+    if not isinstance(callback_outputs, Mapping):
+        raise TypeError(
+            f"callback_on_step_end must return a dict (e.g. the callback_kwargs it was given), "
+            f"got {type(callback_outputs).__name__}"
+        )
+    new_f_hat = callback_outputs.get("f_hat")
+    if new_f_hat is None:
+        return None
+    if not isinstance(new_f_hat, torch.Tensor) or new_f_hat.shape != f_hat.shape:
+        found = tuple(new_f_hat.shape) if isinstance(new_f_hat, torch.Tensor) else type(new_f_hat).__name__
+        raise ValueError(
+            f"callback_on_step_end returned f_hat of shape {found}; it must keep the shape {tuple(f_hat.shape)}"
+        )
+    return new_f_hat
 
 
 def _is_pipeline_repository(path: str, kwargs: dict[str, Any]) -> bool:
