@@ -187,8 +187,13 @@ class VargptPipeline(DiffusionPipeline):
         """With `enable_model_cpu_offload`, accelerate moves the model to the accelerator when its `forward` is
         called; drawing runs its parts directly, so the pipeline triggers that move (as diffusers'
         `apply_forward_hook` does for a VAE's `decode`)."""
+        # (sequential offload hooks every sub-module, which its own forward moves: nothing to do then)
         hook = getattr(self.model, "_hf_hook", None)
-        if hook is not None and hasattr(hook, "pre_forward"):
+        if hook is None:
+            return
+        from accelerate.hooks import CpuOffload  # installed wherever a hook was attached
+
+        if isinstance(hook, CpuOffload):
             hook.pre_forward(self.model)
 
     @torch.no_grad()
