@@ -193,3 +193,23 @@ def test_prompt_input_errors(pipe, kwargs, message):
     kwargs = {"prompt": PROMPT, **kwargs}
     with pytest.raises(ValueError, match=message):
         pipe(**kwargs)
+
+
+def test_latent_output_and_the_latents_callback_name_are_the_features(pipe):
+    features = pipe(PROMPT, do_sample=False, output_type="latent").images
+    decoded = pipe(PROMPT, do_sample=False, output_type="pt").images
+    torch.testing.assert_close(pipe.model.decode_fhat(features), decoded, rtol=0, atol=0)
+
+    def blank_latents(p, step, timestep, callback_kwargs):
+        assert callback_kwargs["latents"] is callback_kwargs["f_hat"]
+        if step == p.num_timesteps - 1:
+            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+    blank = pipe(
+        PROMPT,
+        output_type="latent",
+        callback_on_step_end=blank_latents,
+        callback_on_step_end_tensor_inputs=["f_hat", "latents"],
+    ).images
+    assert blank.abs().sum() == 0

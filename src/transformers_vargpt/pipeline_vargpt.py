@@ -63,7 +63,8 @@ class VargptPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _callback_tensor_inputs = ["f_hat", "image_tokens", "image"]
+    # `latents` is diffusers' name for the features the decoder turns into the image: VAR's f̂, under both names
+    _callback_tensor_inputs = ["f_hat", "latents", "image_tokens", "image"]
 
     def __init__(self, model: VargptForConditionalGeneration, processor: VargptProcessor):
         super().__init__()
@@ -125,8 +126,8 @@ class VargptPipeline(DiffusionPipeline):
         for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
             if embeds is not None and (not torch.is_tensor(embeds) or embeds.ndim != 3):
                 raise ValueError(f"{name} must be a B x T x hidden_size tensor (see encode_prompt)")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if output_type not in (*OUTPUT_TYPES, "latent"):
+            raise ValueError(f"output_type must be one of {(*OUTPUT_TYPES, 'latent')}, got {output_type!r}")
         generators = generator if isinstance(generator, (list, tuple)) else [generator]
         if generator is not None and not all(isinstance(item, torch.Generator) for item in generators):
             raise TypeError(
@@ -253,18 +254,20 @@ class VargptPipeline(DiffusionPipeline):
                 `negative_prompt_attention_mask` `(B, T)` (default: all ones).
             output_type (`str`, defaults to `"pil"`):
                 `"pil"`: a list of `PIL.Image.Image`; `"np"`: a float array `(B, H, W, 3)` in [0, 1];
-                `"pt"`: a float tensor `(B, 3, H, W)` in [0, 1].
+                `"pt"`: a float tensor `(B, 3, H, W)` in [0, 1]; `"latent"`: the summed code features f̂
+                `(B, Cvae, S, S)`, not decoded.
             return_dict (`bool`, defaults to `True`): return a [`VargptPipelineOutput`] rather than `(images,)`.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
                 Called after every scale as `callback_on_step_end(pipe, scale_index, scale_index, callback_kwargs)`
                 (the scale index is both step and timestep; `pipe.num_timesteps` is the number of scales).
                 `callback_kwargs` holds the requested tensors: `"f_hat"` (`(B, Cvae, S, S)`, the summed code
                 features so far), `"image_tokens"` (`(B, l)`, the codes so far) and `"image"` (`(B, 3, H, W)` in
-                [0, 1], the partial image decoded from `f_hat`). A returned `"f_hat"` replaces the running features,
-                as diffusers callbacks replace latents. Setting `pipe._interrupt = True` stops after that scale (the
+                [0, 1], the partial image decoded from `f_hat`); `"latents"` is `f_hat` under diffusers' name. A
+                returned `"f_hat"` (or `"latents"`) replaces the running features, as diffusers callbacks replace
+                latents. Setting `pipe._interrupt = True` stops after that scale (the
                 image is decoded from the scales drawn so far).
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["f_hat"]`):
-                Which of `f_hat`, `image_tokens`, `image` the callback receives.
+                Which of `f_hat`, `latents`, `image_tokens`, `image` the callback receives.
 
         Examples:
 
@@ -338,11 +341,16 @@ class VargptPipeline(DiffusionPipeline):
                         name: self._callback_tensor(name, state) for name in callback_on_step_end_tensor_inputs
                     }
                     callback_outputs = callback_on_step_end(self, scale_index, scale_index, callback_kwargs) or {}
-                    state.f_hat = callback_outputs.get("f_hat", state.f_hat)
+                    for name in ("f_hat", "latents"):  # a replaced one (either name) replaces the features
+                        if callback_outputs.get(name) is not None and callback_outputs[name] is not state.f_hat:
+                            state.f_hat = callback_outputs[name]
                 progress_bar.update()
 
-        # 3. decode and post-process
-        images = postprocess(self.model.decode_fhat(state.f_hat), output_type=output_type)  # [0, 1] in
+        # 3. decode and post-process ("latent": the features, undecoded)
+        if output_type == "latent":
+            images = state.f_hat
+        else:
+            images = postprocess(self.model.decode_fhat(state.f_hat), output_type=output_type)  # [0, 1] in
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
@@ -370,7 +378,7 @@ class VargptPipeline(DiffusionPipeline):
             return self.model.decode_fhat(state.f_hat)
         if name == "image_tokens":
             return state.codes_so_far
-        return state.f_hat
+        return state.f_hat  # "f_hat" or "latents"
 
 
 def _is_pipeline_repository(path: str, kwargs: dict[str, Any]) -> bool:
