@@ -128,6 +128,10 @@ def test_get_image_features_returns_vision_outputs_with_projected_pooler_output(
     assert len(outputs.attentions) == model.config.vision_config.num_hidden_layers
     as_tuple = model.get_image_features(pixel_values, return_dict=False)
     assert isinstance(as_tuple, tuple)
+    # hidden states only when asked for (the features read them either way)
+    unasked = model.get_image_features(pixel_values)
+    assert unasked.hidden_states is None
+    torch.testing.assert_close(unasked.pooler_output, outputs.pooler_output)
 
 
 def test_forward_outputs_carry_the_image_outputs(model):

@@ -298,7 +298,10 @@ class VargptModel(VargptPreTrainedModel):
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
-        kwargs.pop("output_hidden_states", None)  # the feature layers are read from the hidden states anyway
+        # the feature layers are read from the hidden states, which the outputs keep only when asked for
+        keep_hidden_states = kwargs.pop("output_hidden_states", None)
+        if keep_hidden_states is None:
+            keep_hidden_states = self.vision_tower.config.output_hidden_states
         vision_outputs = self.vision_tower(
             pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True, **kwargs
         )
@@ -307,6 +310,8 @@ class VargptModel(VargptPreTrainedModel):
         if strategy == "default":
             features = features[:, 1:]  # drop CLS
         vision_outputs.pooler_output = self.multi_modal_projector(features)
+        if not keep_hidden_states:
+            vision_outputs.hidden_states = None
         return vision_outputs
 
     def image_placeholder_mask(
