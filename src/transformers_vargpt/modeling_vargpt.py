@@ -21,6 +21,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_vargpt import VargptConfig
@@ -415,6 +416,7 @@ class VargptModel(VargptPreTrainedModel):
         return inputs_embeds, image_tokens, condition
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -438,8 +440,6 @@ class VargptModel(VargptPreTrainedModel):
         `past_key_values`) is the LLM's KV cache; `return_dict=False` returns a tuple.
         """
         image_tokens = _renamed_image_tokens(image_tokens, kwargs)
-        if cache is None:
-            cache = kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -533,6 +533,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
 
     # ---- forward ------------------------------------------------------------------------------------------------
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
