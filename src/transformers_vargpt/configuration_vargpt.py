@@ -205,7 +205,7 @@ class VargptConfig(PreTrainedConfig):
     image_seq_length: int = 576
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: str = "default"
-    vision_feature_layer: int = -2
+    vision_feature_layer: int | list[int] = -2
     ignore_index: int = -100
     pad_token_id: int | None = RELEASED_TOKEN_IDS[PAD_TOKEN]
     tie_word_embeddings: bool = False
@@ -263,6 +263,17 @@ class VargptConfig(PreTrainedConfig):
     @property
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        # resizing the token embeddings records the new size here; the LLM's config is where it lives
+        self.text_config.vocab_size = value
+
+    @property
+    def vision_feature_layers(self) -> list[int]:
+        """`vision_feature_layer` as a list: the CLIP layers whose features are concatenated (one by default)."""
+        layer = self.vision_feature_layer
+        return [layer] if isinstance(layer, int) else list(layer)
 
     def _special_id(self, name: str) -> int | None:
         return (self.special_tokens or {}).get(f"{name}_token_id")

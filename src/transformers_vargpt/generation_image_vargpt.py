@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache, GenerationConfig
 from transformers.generation import LogitsProcessorList
 from transformers.models.llama.modeling_llama import LlamaModel
@@ -154,53 +155,112 @@ class VargptImageGenerationMixin:
         )
         return outputs.last_hidden_state
 
-    def prepare_next_scale_state(
+    def prompt_embeddings(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
-        num_images_per_prompt: int = 1,
-        guided: bool = False,
-    ) -> NextScaleState:
-        """Read the prompts (B×T, left-padded) once, then copy their cache to one row per image and, when `guided`,
-        once more for the unconditional rows (same prompt, unconditional class row), which follow the conditional
-        ones. Returns the state before the first scale."""
-        self.model.check_generation_tokens()
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        inputs_embeds: torch.Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM input embeddings (B×T×H) and attention mask (B×T) of left-padded text-to-image prompts ending with
+        `<|image_gen_start|>`: from `input_ids` (the token is appended where missing, `pixel_values` fill the
+        `<image>` tokens), or precomputed `inputs_embeds`, which must already end with that token's embedding."""
+        device = self.lm_head.weight.device if device is None else device
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass the prompts once: as input_ids or as inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.ndim != 3 or inputs_embeds.shape[1] == 0:
+                raise ValueError(f"inputs_embeds must be a non-empty B x T x H tensor, got {tuple(inputs_embeds.shape)}")
+            inputs_embeds = inputs_embeds.to(device)
+            attention_mask = (
+                torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device)
+                if attention_mask is None
+                else attention_mask.to(device)
+            )
+            start_id = torch.tensor(self.config.image_gen_start_token_id, device=device)
+            start = self.get_input_embeddings()(start_id).to(inputs_embeds.dtype)
+            if not bool((inputs_embeds[:, -1] == start).all()):
+                raise ValueError("prompt embeddings must end with the <|image_gen_start|> embedding (see encode_prompt)")
+            if pixel_values is not None:
+                inputs_embeds, _ = self.model.merge_image_features(None, inputs_embeds, pixel_values)
+            return inputs_embeds, attention_mask
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be a non-empty B x T tensor, got shape {tuple(input_ids.shape)}")
         check_token_ids(input_ids, self.config.text_config.vocab_size)
         check_attention_mask(attention_mask, input_ids)
         # (earlier drawn blocks of an interleaved answer may hold <|image_gen_pad|> tokens: only <image> is checked)
         check_placeholders(input_ids, self.config.image_token_index, None, pixel_values is not None, False)
-        device = self.lm_head.weight.device
         input_ids = input_ids.to(device)
         if attention_mask is None:
             attention_mask = self._attention_mask_from_pads(input_ids)
         attention_mask = attention_mask.to(device)
         input_ids, attention_mask = self._prompts_ending_with_start(input_ids, attention_mask)
-        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
-        needed = input_ids.shape[1] + self.config.num_image_gen_tokens + 1
-        if max_positions is not None and needed > max_positions:
-            raise ValueError(
-                f"prompt of {input_ids.shape[1]} tokens plus {self.config.num_image_gen_tokens} image tokens exceeds "
-                f"the model's max_position_embeddings={max_positions}"
-            )
-
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
             inputs_embeds, _ = self.model.merge_image_features(input_ids, inputs_embeds, pixel_values)
+        return inputs_embeds, attention_mask
+
+    def prepare_next_scale_state(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        num_images_per_prompt: int = 1,
+        guided: bool = False,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        negative_inputs_embeds: torch.Tensor | None = None,
+        device: torch.device | None = None,
+    ) -> NextScaleState:
+        """Read the prompts (B×T, left-padded; or their embeddings B×T×H) once, then copy their cache to one row per
+        image and, when `guided`, once more for the unconditional rows, which follow the conditional ones. The
+        unconditional rows read the same prompt, or the negative prompts when given (B of them, ids or
+        embeddings), with the unconditional class row. `device` is where generation runs (default: the LM head's;
+        pipelines with offloaded weights pass their execution device). Returns the state before the first scale."""
+        self.model.check_generation_tokens()
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        device = self.lm_head.weight.device if device is None else device
+        inputs_embeds, attention_mask = self.prompt_embeddings(
+            input_ids, attention_mask, pixel_values, inputs_embeds, device
+        )
+        num_prompts = inputs_embeds.shape[0]
+        negative = negative_input_ids is not None or negative_inputs_embeds is not None
+        if negative:
+            if not guided:
+                raise ValueError("negative prompts steer classifier-free guidance: they need guidance_scale > 1")
+            negative_embeds, negative_mask = self.prompt_embeddings(
+                negative_input_ids, negative_attention_mask, None, negative_inputs_embeds, device
+            )
+            if negative_embeds.shape[0] != num_prompts:
+                raise ValueError(f"{negative_embeds.shape[0]} negative prompts for {num_prompts} prompts")
+            inputs_embeds, attention_mask = _left_padded_concat(
+                (inputs_embeds, attention_mask), (negative_embeds.to(inputs_embeds.dtype), negative_mask)
+            )
+        max_positions = getattr(self.config.text_config, "max_position_embeddings", None)
+        needed = inputs_embeds.shape[1] + self.config.num_image_gen_tokens + 1
+        if max_positions is not None and needed > max_positions:
+            raise ValueError(
+                f"prompt of {inputs_embeds.shape[1]} tokens plus {self.config.num_image_gen_tokens} image tokens "
+                f"exceeds the model's max_position_embeddings={max_positions}"
+            )
+
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         llm_cache = DynamicCache(config=self.config.text_config)
         self._llm_step(inputs_embeds, attention_mask, position_ids, llm_cache)
 
-        prompt_of_row = torch.arange(input_ids.shape[0], device=device).repeat_interleave(num_images_per_prompt)
-        prompt_of_row = prompt_of_row.repeat(2 if guided else 1)
-        if prompt_of_row.shape[0] != input_ids.shape[0]:
+        prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(num_images_per_prompt)
+        if guided:  # unconditional rows: the negative prompts (rows B..2B-1 of the prefill) or the prompts again
+            prompt_of_row = torch.cat([prompt_of_row, prompt_of_row + (num_prompts if negative else 0)])
+        if not torch.equal(prompt_of_row, torch.arange(inputs_embeds.shape[0], device=device)):
             llm_cache.reorder_cache(prompt_of_row)
             attention_mask, position_ids = attention_mask[prompt_of_row], position_ids[prompt_of_row]
-        batch = input_ids.shape[0] * num_images_per_prompt
+        batch = num_prompts * num_images_per_prompt
         decoder, quantizer = self.model.scale_decoder, self.model.vqvae.quantizer
         rows = self.model.condition_rows(batch, device)
         if guided:
@@ -222,7 +282,10 @@ class VargptImageGenerationMixin:
 
     # ---- one scale ----------------------------------------------------------------------------------------------
     def generate_scale(
-        self, state: NextScaleState, code_sampler: CodeSampler, generator: torch.Generator | None = None
+        self,
+        state: NextScaleState,
+        code_sampler: CodeSampler,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> NextScaleState:
         """Draw the codes of scale `state.scale_index`: its token map through the LLM (with its cache) and the VAR
         blocks → code logits → codes; they join f̂, which gives the next scale's input. Updates `state` in
@@ -262,8 +325,10 @@ class VargptImageGenerationMixin:
         generation_config: GenerationConfig | None = None,
         logits_processor: LogitsProcessorList | None = None,
         num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         scale_callback: Callable[[int, dict], None] | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> VargptImageGenerationOutput:
         """Draw images by next-scale prediction after each prompt.
@@ -278,9 +343,11 @@ class VargptImageGenerationMixin:
             logits_processor (`LogitsProcessorList`, optional): extra processors, applied to every scale's float32
                 scores ((B·n·s²)×V, `input_ids` = the codes so far) after guidance and before the warpers.
             num_images_per_prompt: images drawn per prompt (consecutive in the output).
-            generator: a `torch.Generator` for reproducible sampling.
+            generator: a `torch.Generator` for reproducible sampling, or one per image (B·n).
             scale_callback: called after every scale as `scale_callback(scale_index, {"f_hat": B×Cvae×S×S,
                 "image_tokens": B×l codes so far})` (e.g. to preview the image sharpening).
+            negative_input_ids (B×T', optional), negative_attention_mask: left-padded negative prompts; with
+                guidance, the unconditional rows read them instead of the prompts.
             kwargs: `do_sample`, `top_k`, `top_p`, `temperature`, `guidance_scale`, overriding the generation config.
                 `do_sample=False` or `top_k=1` is greedy; `guidance_scale` is classifier-free guidance against the
                 unconditional class row, ramped over the scales (<= 1: off).
@@ -295,7 +362,13 @@ class VargptImageGenerationMixin:
         image_config = self.image_generation_config(generation_config, **kwargs)
         sampler = CodeSampler(image_config, self.model.scale_decoder.scale_sizes, logits_processor)
         state = self.prepare_next_scale_state(
-            input_ids, attention_mask, pixel_values, num_images_per_prompt, guided=sampler.guided
+            input_ids,
+            attention_mask,
+            pixel_values,
+            num_images_per_prompt,
+            guided=sampler.guided,
+            negative_input_ids=negative_input_ids,
+            negative_attention_mask=negative_attention_mask,
         )
         for scale_index in range(len(self.model.scale_decoder.scale_sizes)):
             self.generate_scale(state, sampler, generator)
@@ -316,6 +389,20 @@ class VargptImageGenerationMixin:
         """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
         check_image_tokens(image_tokens, self.config.vq_config.vocab_size, self.config.num_image_gen_tokens)
         return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
+
+
+def _left_padded_concat(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two batches of (embeddings B×T×H, mask B×T), left-padded to the longer T and stacked: (2B×T×H, 2B×T)."""
+    length = max(first[0].shape[1], second[0].shape[1])
+
+    def pad(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = length - embeds.shape[1]
+        return F.pad(embeds, (0, 0, missing, 0)), F.pad(mask, (missing, 0))
+
+    (a_embeds, a_mask), (b_embeds, b_mask) = pad(*first), pad(*second)
+    return torch.cat([a_embeds, b_embeds]), torch.cat([a_mask, b_mask])
 
 
 __all__ = ["VargptImageGenerationMixin", "NextScaleState", "CACHE_ARG"]

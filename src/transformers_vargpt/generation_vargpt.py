@@ -106,7 +106,8 @@ class ScaleRampedGuidanceLogitsProcessor(LogitsProcessor):
                 f"(starts: {sorted(self.scale_of_offset)})"
             )
         cond, uncond = scores.chunk(2, dim=0)
-        strength = (self.guidance_scale - 1.0) * scale_index / (self.num_scales - 1)
+        # a scale lowered to <= 1 between scales (a guidance cut-off callback) turns guidance off
+        strength = max(self.guidance_scale - 1.0, 0.0) * scale_index / (self.num_scales - 1)
         return cond + strength * (cond - uncond)
 
 
@@ -149,10 +150,13 @@ class CodeSampler:
         return self.guidance is not None
 
     def __call__(
-        self, logits: torch.Tensor, codes_so_far: torch.LongTensor, generator: torch.Generator | None = None
+        self,
+        logits: torch.Tensor,
+        codes_so_far: torch.LongTensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.LongTensor:
         """logits B×l×V (2B×l×V with guidance, conditional rows first) and the codes so far (B×l₀) →
-        codes B×l."""
+        codes B×l. `generator` is one generator for all images or a list of B, one per image."""
         batch, length, vocab = logits.shape
         scores = logits.reshape(batch * length, vocab)  # every position of the scale is one row
         if self.guidance is not None:
@@ -165,6 +169,12 @@ class CodeSampler:
         if self.greedy:
             return scores.argmax(dim=-1).view(batch, length)
         probs = scores.float().softmax(dim=-1)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise ValueError(f"{len(generator)} generators for {batch} images: pass one per image")
+            per_image = probs.view(batch, length, vocab)
+            codes = [torch.multinomial(rows, 1, generator=gen) for rows, gen in zip(per_image, generator)]
+            return torch.cat(codes).view(batch, length)
         return torch.multinomial(probs, 1, generator=generator).view(batch, length)
 
 

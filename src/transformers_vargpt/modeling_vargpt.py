@@ -19,7 +19,11 @@ from torch import nn
 from transformers import AutoModel, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_vargpt import VargptConfig
 from .generation_image_vargpt import CACHE_ARG, VargptImageGenerationMixin
@@ -87,7 +91,7 @@ def _renamed_image_tokens(image_tokens: torch.LongTensor | None, kwargs: dict) -
     old = kwargs.pop("image_gen_tokens", None)
     if old is None:
         return image_tokens
-    warnings.warn("`image_gen_tokens` is deprecated; pass the codes as `image_tokens`", FutureWarning, stacklevel=3)
+    warnings.warn("`image_gen_tokens` is deprecated; pass the codes as `image_tokens`", FutureWarning, stacklevel=4)
     if image_tokens is not None:
         raise ValueError("pass the codes once, as image_tokens (image_gen_tokens is its deprecated name)")
     return old
@@ -102,6 +106,8 @@ class VargptModelOutputWithPast(ModelOutput):
         cache (`Cache`): the LLM's KV cache.
         image_hidden_states (`torch.FloatTensor` of shape `(num_images, image_seq_length, hidden_size)`):
             projected CLIP features of the input images.
+        image_outputs ([`BaseModelOutputWithPooling`]): the vision tower's outputs for the input images, with the
+            projected features as `pooler_output` (what `get_image_features` returns).
         image_tokens (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
         image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_config.hidden_size)`): AdaLN condition.
     """
@@ -111,6 +117,7 @@ class VargptModelOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
     image_tokens: torch.LongTensor | None = None
     image_gen_condition: torch.FloatTensor | None = None
 
@@ -131,6 +138,7 @@ class VargptCausalLMOutputWithPast(ModelOutput):
             predicts code i.
         image_tokens (`torch.LongTensor` of shape `(num_gen_images, L)`): the codes `image_logits` predict.
         cache (`Cache`): the LLM's KV cache.
+        image_hidden_states, image_outputs: as in [`VargptModelOutputWithPast`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -143,6 +151,7 @@ class VargptCausalLMOutputWithPast(ModelOutput):
     image_logits: torch.FloatTensor | None = None
     image_tokens: torch.LongTensor | None = None
     image_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
     @property
     def image_gen_targets(self) -> torch.LongTensor | None:
@@ -150,11 +159,12 @@ class VargptCausalLMOutputWithPast(ModelOutput):
 
 
 class VargptMultiModalProjector(nn.Module):
-    """CLIP width → LLM width (LLaVA-1.5's two-layer MLP)."""
+    """CLIP width (times the number of feature layers, concatenated) → LLM width (LLaVA-1.5's two-layer MLP)."""
 
     def __init__(self, config: VargptConfig):
         super().__init__()
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
+        in_features = config.vision_config.hidden_size * len(config.vision_feature_layers)
+        self.linear_1 = nn.Linear(in_features, config.text_config.hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(config.text_config.hidden_size, config.text_config.hidden_size)
 
@@ -185,6 +195,8 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    # text decoding steps (no images, no codes) are shape-static: static caches and `torch.compile(fullgraph=True)`
+    _can_compile_fullgraph = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "VarBlock", "VQStage", "VQMiddle"]
     _keys_to_ignore_on_load_unexpected = DERIVED_RELEASED_BUFFERS
 
@@ -205,6 +217,24 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
         elif isinstance(module, VarBlock) and module.shared_adaln:
             init.normal_(module.adaln_offset, std=module.width**-0.5)
 
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self) -> None:
+        """Each sub-model (CLIP, Llama, VQVAE) initialised by its own `_init_weights`, the rest by ours.
+
+        transformers treats models defined outside it as code that may write weights in place, and then skips every
+        module without parameters of its own, such as CLIP's attention and MLP, whose `_init_weights` sets their
+        Linear weights: from the meta device (`from_pretrained` with missing weights) they would keep the generic init.
+        Every `_init_weights` here writes through `transformers.initialization`, which leaves loaded weights alone.
+        """
+
+        def apply(module: nn.Module, initialize) -> None:
+            for child in module.children():
+                apply(child, child._initialize_weights if isinstance(child, PreTrainedModel) else initialize)
+            initialize(module, False)
+
+        apply(self, self._initialize_weights)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Loads our layout and the released layout alike: released key names are renamed on the fly. A truncated or
@@ -215,10 +245,34 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
             read_weight_shapes(weight_files(directory / kwargs.get("subfolder", "")))
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Writes our own layout (not the released names the model may have been loaded from)."""
-        kwargs.setdefault("save_original_format", False)
-        return super().save_pretrained(save_directory, *args, **kwargs)
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
+        token: str | bool | None = None,
+        save_peft_format: bool = True,
+        save_original_format: bool = False,
+        **kwargs,
+    ):
+        """Writes our own layout (not the released names the model may have been loaded from). The parameters are
+        named (not `*args`) because callers such as diffusers' `DiffusionPipeline.save_pretrained` pass `variant` and
+        `max_shard_size` only to a method whose signature shows them."""
+        return super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            state_dict=state_dict,
+            push_to_hub=push_to_hub,
+            max_shard_size=max_shard_size,
+            variant=variant,
+            token=token,
+            save_peft_format=save_peft_format,
+            save_original_format=save_original_format,
+            **kwargs,
+        )
 
 
 class VargptModel(VargptPreTrainedModel):
@@ -243,43 +297,77 @@ class VargptModel(VargptPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     # ---- understanding ------------------------------------------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images (N×3×h×w, CLIP-normalised) → projected features (N×patches×hidden_size)."""
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Images (N×3×h×w, CLIP-normalised) → the vision tower's outputs, with the projected features
+        (N×patches×hidden_size) as `pooler_output`. A list of feature layers concatenates their features (the
+        projector is sized for it); both arguments default to the config's. Other keyword arguments
+        (`output_attentions`, `output_hidden_states`) go to the vision tower."""
         check_pixel_values(pixel_values)
-        vision_dtype = self.vision_tower.dtype
-        outputs = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True)
-        features = outputs.hidden_states[self.config.vision_feature_layer]
-        if self.config.vision_feature_select_strategy == "default":
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        if strategy not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
+        # the feature layers are read from the hidden states, which the outputs keep only when asked for
+        keep_hidden_states = kwargs.pop("output_hidden_states", None)
+        if keep_hidden_states is None:
+            keep_hidden_states = self.vision_tower.config.output_hidden_states
+        vision_outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True, **kwargs
+        )
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        features = torch.cat([vision_outputs.hidden_states[index] for index in layers], dim=-1)
+        if strategy == "default":
             features = features[:, 1:]  # drop CLS
-        elif self.config.vision_feature_select_strategy != "full":
-            raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', "
-                f"got {self.config.vision_feature_select_strategy!r}"
-            )
-        return self.multi_modal_projector(features)
+        vision_outputs.pooler_output = self.multi_modal_projector(features)
+        if not keep_hidden_states:
+            vision_outputs.hidden_states = None
+        return vision_outputs
+
+    def image_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Where the `<image>` tokens are (B×T): from `input_ids`, or without them from `inputs_embeds` (B×T×H),
+        as the positions holding the `<image>` token's embedding."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_index
+        image_id = torch.tensor(self.config.image_token_index, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(image_id).to(inputs_embeds.dtype)).all(-1)
 
     def merge_image_features(
-        self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Put the projected CLIP features of `pixel_values` at the `<image>` tokens of `input_ids` (B×T) in
-        `inputs_embeds` (B×T×H). Returns the new embeddings and the features (N×patches×H)."""
-        image_mask = input_ids == self.config.image_token_index
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor,
+        **vision_kwargs,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """Put the projected CLIP features of `pixel_values` at the `<image>` tokens of `input_ids` (B×T, or found
+        in `inputs_embeds` when `input_ids` is None) in `inputs_embeds` (B×T×H). Returns the new embeddings and
+        `get_image_features`' outputs (features N×patches×H as `pooler_output`)."""
+        image_mask = self.image_placeholder_mask(input_ids, inputs_embeds)
         n_tokens = int(image_mask.sum())
         if n_tokens == 0:
             raise ValueError(
-                f"pixel_values were given but input_ids contain no <image> token (id {self.config.image_token_index}); "
+                f"pixel_values were given but the prompt holds no <image> token (id {self.config.image_token_index}); "
                 "put '<image>' in the prompt (the processor expands it)"
             )
-        features = self.get_image_features(pixel_values)
+        image_outputs = self.get_image_features(pixel_values, return_dict=True, **vision_kwargs)
+        features = image_outputs.pooler_output
         if n_tokens != features.shape[0] * features.shape[1]:
             raise ValueError(
-                f"Image features and image tokens do not match: input_ids hold {n_tokens} <image> tokens but "
+                f"Image features and image tokens do not match: the prompt holds {n_tokens} <image> tokens but "
                 f"{features.shape[0]} image(s) give {features.shape[0]} x {features.shape[1]} = "
                 f"{features.shape[0] * features.shape[1]} features"
             )
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), features)
-        return inputs_embeds, features
+        return inputs_embeds, image_outputs
 
     # ---- drawing ------------------------------------------------------------------------------------------------
     def check_generation_tokens(self) -> None:
@@ -356,38 +444,48 @@ class VargptModel(VargptPreTrainedModel):
             has_gen_images=pixel_gen_values is not None or image_tokens is not None,
         )
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         pixel_gen_values: torch.FloatTensor | None = None,
         image_tokens: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> VargptModelOutputWithPast:
         """
         input_ids (B×T) with `<image>` tokens for `pixel_values` (N×3×h×w) and `<|image_gen_pad|>` blocks for the
         images to draw, given as `pixel_gen_values` (M×3×H×W in [-1, 1]) or their codes `image_tokens` (M×L; the
-        former name `image_gen_tokens` still works, with a warning).
+        former name `image_gen_tokens` still works, with a warning). With `inputs_embeds` instead of `input_ids`,
+        the `<image>` positions are the ones holding the `<image>` token's embedding. `cache` (formerly
+        `past_key_values`) is the LLM's KV cache; `return_dict=False` returns a tuple.
         """
         image_tokens = _renamed_image_tokens(image_tokens, kwargs)
-        cache = kwargs.pop("cache", None)
-        if cache is None:
-            cache = kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if input_ids is not None and (cache is None or cache.get_seq_length() == 0):
+        # a prompt's first pass is checked; a compiled graph is not (the checks branch on tensor values)
+        if input_ids is not None and not torch.compiler.is_compiling() and (cache is None or cache.get_seq_length() == 0):
             self._check_prompt(input_ids, attention_mask, pixel_values, pixel_gen_values, image_tokens)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_features = targets = condition = None
+        image_outputs = targets = condition = None
         if pixel_values is not None:
-            if input_ids is None:
-                raise ValueError("pixel_values need input_ids to locate the <image> tokens")
-            inputs_embeds, image_features = self.merge_image_features(input_ids, inputs_embeds, pixel_values)
+            vision_kwargs = {
+                "vision_feature_layer": vision_feature_layer,
+                "vision_feature_select_strategy": vision_feature_select_strategy,
+                **{name: kwargs[name] for name in ("output_attentions", "output_hidden_states") if name in kwargs},
+            }
+            inputs_embeds, image_outputs = self.merge_image_features(
+                input_ids, inputs_embeds, pixel_values, **vision_kwargs
+            )
         if pixel_gen_values is not None or image_tokens is not None:
             if input_ids is None:
                 raise ValueError("generation images need input_ids to locate the <|image_gen_pad|> tokens")
@@ -407,7 +505,8 @@ class VargptModel(VargptPreTrainedModel):
             cache=getattr(outputs, CACHE_ARG, None),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_hidden_states=None if image_outputs is None else image_outputs.pooler_output,
+            image_outputs=image_outputs,
             image_tokens=targets,
             image_gen_condition=condition,
         )
@@ -460,16 +559,20 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
     def vqvae(self) -> VargptVQVAE:
         return self.model.vqvae
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """See [`VargptModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values, **kwargs)
 
     # ---- forward ------------------------------------------------------------------------------------------------
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_gen_values: torch.FloatTensor | None = None,
@@ -489,18 +592,25 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         distributed batch) replaces this batch's own counts as the divisor of the summed losses: a number (int or
         0-d tensor) counts the text targets, and the image loss stays this batch's mean; a mapping
         `{"text": ..., "image": ...}` gives both counts (text targets, image codes to predict).
+
+        `shift_labels` (B×T, optional) are labels already shifted (position t holds the target of the logits at t),
+        as transformers' causal-LM loss takes them (e.g. from context-parallel training); they replace the shift of
+        `labels`. `return_dict=False` returns a tuple.
         """
         text_count, image_count = _loss_divisors(kwargs.pop("num_items_in_batch", None))
+        shift_labels = kwargs.pop("shift_labels", None)
         image_tokens = _renamed_image_tokens(image_tokens, kwargs)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             pixel_gen_values=pixel_gen_values,
             image_tokens=image_tokens,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -516,8 +626,8 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             image_total = F.cross_entropy(image_logits.float().flatten(0, 1), image_targets, reduction="sum")
             image_count = image_targets.numel() if image_count is None else image_count
             image_loss = image_total / torch.as_tensor(image_count, device=image_total.device).clamp(min=1)
-        if labels is not None:
-            text_loss = self._text_loss(logits, labels, input_ids, keep, text_count)
+        if labels is not None or shift_labels is not None:
+            text_loss = self._text_loss(logits, labels, shift_labels, input_ids, keep, text_count)
         losses = [l for l in (text_loss, image_loss) if l is not None]
         return VargptCausalLMOutputWithPast(
             loss=sum(losses) if losses else None,
@@ -530,17 +640,36 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
-    def _text_loss(self, logits, labels, input_ids, keep, num_items_in_batch) -> torch.Tensor:
-        """Cross-entropy of the logits at position t against `labels[t + 1]` (image pads never count).
+    def _text_loss(self, logits, labels, shift_labels, input_ids, keep, num_items_in_batch) -> torch.Tensor:
+        """Cross-entropy of the logits at position t against `labels[t + 1]`, or `shift_labels[t]` when given
+        (image pads never count).
 
         `keep` says which positions the logits cover: all of them (the usual shift), or a 1-D tensor of positions,
         which lets training skip the LM head where no text target follows (e.g. the L pads of an image to draw).
         """
+        pad_id = self.config.image_gen_pad_token_id
+        if shift_labels is not None:
+            # shift_labels[t] is the label of token t + 1: a pad there is no text target
+            shift_labels = shift_labels.to(logits.device)
+            if input_ids is not None and pad_id is not None:
+                pad_next = F.pad((input_ids == pad_id)[:, 1:], (0, 1), value=False).to(shift_labels.device)
+                shift_labels = shift_labels.masked_fill(pad_next, self.config.ignore_index)
+            if torch.is_tensor(keep):
+                targets = shift_labels[:, keep.to(shift_labels.device)]
+            elif logits.shape[1] == shift_labels.shape[1]:
+                targets = shift_labels
+            else:
+                raise ValueError(
+                    f"shift_labels cover {shift_labels.shape[1]} positions but logits {logits.shape[1]}: with "
+                    "shift_labels, logits_to_keep must be 0 (all positions) or a tensor of positions"
+                )
+            return self._summed_text_loss(logits, targets.flatten(), num_items_in_batch)
         labels = labels.to(logits.device)
-        if input_ids is not None and self.config.image_gen_pad_token_id is not None:
-            labels = labels.masked_fill(input_ids == self.config.image_gen_pad_token_id, self.config.ignore_index)
+        if input_ids is not None and pad_id is not None:
+            labels = labels.masked_fill(input_ids == pad_id, self.config.ignore_index)
         if torch.is_tensor(keep):
             positions = keep.to(labels.device)
             if positions.ndim != 1 or bool((positions >= labels.shape[1] - 1).any()):
@@ -556,7 +685,10 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
                 f"labels cover {labels.shape[1]} positions but logits {logits.shape[1]}: with labels, logits_to_keep "
                 "must be 0 (all positions) or a tensor of positions"
             )
-        targets = targets.flatten()
+        return self._summed_text_loss(logits, targets.flatten(), num_items_in_batch)
+
+    def _summed_text_loss(self, logits, targets, num_items_in_batch) -> torch.Tensor:
+        """Summed cross-entropy of logits (B×t×V) against flat targets (B·t), over the target count."""
         if num_items_in_batch is None:
             num_items_in_batch = (targets != self.config.ignore_index).sum()
         total = F.cross_entropy(

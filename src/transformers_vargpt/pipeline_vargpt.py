@@ -20,6 +20,8 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 from transformers.utils import logging
 
+from .generation_image_vargpt import NextScaleState
+from .generation_vargpt import CodeSampler
 from .image_processing_vargpt import OUTPUT_TYPES, postprocess
 from .modeling_vargpt import VargptForConditionalGeneration
 from .pipeline_output import VargptPipelineOutput
@@ -62,7 +64,8 @@ class VargptPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _callback_tensor_inputs = ["f_hat", "image_tokens", "image"]
+    # `latents` is diffusers' name for the features the decoder turns into the image: VAR's f̂, under both names
+    _callback_tensor_inputs = ["f_hat", "latents", "image_tokens", "image"]
 
     def __init__(self, model: VargptForConditionalGeneration, processor: VargptProcessor):
         super().__init__()
@@ -106,19 +109,30 @@ class VargptPipeline(DiffusionPipeline):
         output_type: str,
         generator: Any,
         callback_on_step_end_tensor_inputs: list[str] | None,
+        negative_prompt: Any = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> None:
         """Argument errors before any work. Prompt emptiness, `num_images_per_prompt` and the prompt length are
         checked where they are used (processor and model), with messages that name them."""
-        if not isinstance(prompt, str) and not (
-            isinstance(prompt, (list, tuple)) and all(isinstance(item, str) for item in prompt)
-        ):
-            raise TypeError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("pass either prompt or prompt_embeds (exactly one)")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if text is not None and not isinstance(text, str) and not (
+                isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text)
+            ):
+                raise TypeError(f"{name} must be a string or a list of strings, got {type(text).__name__}")
+        for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if embeds is not None and (not torch.is_tensor(embeds) or embeds.ndim != 3):
+                raise ValueError(f"{name} must be a B x T x hidden_size tensor (see encode_prompt)")
+        if output_type not in (*OUTPUT_TYPES, "latent"):
+            raise ValueError(f"output_type must be one of {(*OUTPUT_TYPES, 'latent')}, got {output_type!r}")
+        generators = generator if isinstance(generator, (list, tuple)) else [generator]
+        if generator is not None and not all(isinstance(item, torch.Generator) for item in generators):
             raise TypeError(
-                "generator must be one torch.Generator (the codes of all images are sampled together), "
-                f"got {type(generator).__name__}"
+                f"generator must be a torch.Generator or a list of them (one per image), got {type(generator).__name__}"
             )
         requested = callback_on_step_end_tensor_inputs or []
         unknown = [name for name in requested if name not in self._callback_tensor_inputs]
@@ -127,11 +141,69 @@ class VargptPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
             )
 
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        device: torch.device | None = None,
+        do_classifier_free_guidance: bool = False,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Text-to-image prompts → the LLM's input embeddings (B×T×H, left-padded, ending with
+        `<|image_gen_start|>`) and attention masks (B×T), and the same for the negative prompts.
+
+        Precomputed embeddings are passed through (their masks default to all ones). Without a negative prompt the
+        negative embeddings are `None`: guidance then reads the prompt itself with the unconditional class row. A
+        single negative prompt serves every prompt; negative prompts are only used with guidance.
+        """
+        device = self._execution_device if device is None else device
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = self._embed_texts(prompt, device)
+        else:
+            prompt_embeds, prompt_attention_mask = self.model.prompt_embeddings(
+                attention_mask=prompt_attention_mask, inputs_embeds=prompt_embeds, device=device
+            )
+        if not do_classifier_free_guidance:
+            return prompt_embeds, prompt_attention_mask, None, None
+        if negative_prompt_embeds is None and negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) == 1:
+                negatives = negatives * prompt_embeds.shape[0]
+            if len(negatives) != prompt_embeds.shape[0]:
+                raise ValueError(f"{len(negatives)} negative prompts for {prompt_embeds.shape[0]} prompts")
+            negative_prompt_embeds, negative_prompt_attention_mask = self._embed_texts(negatives, device)
+        elif negative_prompt_embeds is not None:
+            negative_prompt_embeds, negative_prompt_attention_mask = self.model.prompt_embeddings(
+                attention_mask=negative_prompt_attention_mask, inputs_embeds=negative_prompt_embeds, device=device
+            )
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+
+    def _embed_texts(self, texts: str | list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.processor(text=texts, generation_mode="image", return_tensors="pt").to(device)
+        return self.model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"], device=device)
+
+    def _load_model_on_execution_device(self) -> None:
+        """With `enable_model_cpu_offload`, accelerate moves the model to the accelerator when its `forward` is
+        called; drawing runs its parts directly, so the pipeline triggers that move (as diffusers'
+        `apply_forward_hook` does for a VAE's `decode`)."""
+        # (sequential offload hooks every sub-module, which its own forward moves: nothing to do then)
+        hook = getattr(self.model, "_hf_hook", None)
+        if hook is None:
+            return
+        from accelerate.hooks import CpuOffload  # installed wherever a hook was attached
+
+        if isinstance(hook, CpuOffload):
+            hook.pre_forward(self.model)
+
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         guidance_scale: float | None = None,
         top_k: int | None = None,
@@ -139,6 +211,10 @@ class VargptPipeline(DiffusionPipeline):
         temperature: float | None = None,
         do_sample: bool | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["VargptPipeline", int, int, dict], dict]
@@ -151,9 +227,12 @@ class VargptPipeline(DiffusionPipeline):
         Draw images of the prompts.
 
         Args:
-            prompt (`str` or `list[str]`):
+            prompt (`str` or `list[str]`, *optional*):
                 What to draw: a plain description per image ("a butterfly on a flower"); the processor wraps it in a
-                user turn of the chat template and appends `<|image_gen_start|>`.
+                user turn of the chat template and appends `<|image_gen_start|>`. Or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                With guidance (`guidance_scale > 1`), what the unconditional branch reads instead of the prompt
+                (with the unconditional class row as always); one for all prompts or one per prompt.
             num_images_per_prompt (`int`, defaults to 1): images per prompt (consecutive in the output).
             guidance_scale (`float`, *optional*):
                 Classifier-free guidance against the unconditional class row that training's condition dropout
@@ -161,25 +240,35 @@ class VargptPipeline(DiffusionPipeline):
                 `generation_config.image_generation`, else 1: no guidance) is how the released model draws (its
                 inference code computes a guidance ratio but never applies it) and costs one forward pass instead of
                 two; values around 1.5-3 trade diversity for prompt fidelity, as VAR's `cfg`
-                (`cfg = guidance_scale - 1`).
+                (`cfg = guidance_scale - 1`). A callback may change `pipe._guidance_scale` between scales (lowering
+                it to <= 1 turns guidance off); guidance off at the start cannot be turned on later.
             top_k (`int`, *optional*), top_p (`float`, *optional*), temperature (`float`, *optional*):
                 Code sampling at every scale; `top_k=0` / `top_p=1` disable the filters. Defaults: the model's
                 `generation_config.image_generation`, else the released 900 / 0.95 / 1.0.
             do_sample (`bool`, *optional*): `False` takes the arg-max code everywhere (deterministic); default as above
                 (`True` unless the generation config says otherwise).
-            generator (`torch.Generator`, *optional*): makes sampling reproducible (same seed, same images).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling reproducible (same
+                seed, same images); a list gives one generator per image (`len(prompts) * num_images_per_prompt`).
+            prompt_embeds (`torch.Tensor`, *optional*), negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Precomputed LLM input embeddings `(B, T, hidden_size)` of left-padded prompts ending with
+                `<|image_gen_start|>`, as [`encode_prompt`] returns them, with their `prompt_attention_mask` /
+                `negative_prompt_attention_mask` `(B, T)` (default: all ones).
             output_type (`str`, defaults to `"pil"`):
                 `"pil"`: a list of `PIL.Image.Image`; `"np"`: a float array `(B, H, W, 3)` in [0, 1];
-                `"pt"`: a float tensor `(B, 3, H, W)` in [0, 1].
+                `"pt"`: a float tensor `(B, 3, H, W)` in [0, 1]; `"latent"`: the summed code features f̂
+                `(B, Cvae, S, S)`, not decoded.
             return_dict (`bool`, defaults to `True`): return a [`VargptPipelineOutput`] rather than `(images,)`.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
                 Called after every scale as `callback_on_step_end(pipe, scale_index, scale_index, callback_kwargs)`
-                (the scale index is both step and timestep). `callback_kwargs` holds the requested tensors:
-                `"f_hat"` (`(B, Cvae, S, S)`, the summed code features so far), `"image_tokens"` (`(B, l)`, the codes
-                so far) and `"image"` (`(B, 3, H, W)` in [0, 1], the partial image decoded from `f_hat`). A returned
-                `"f_hat"` replaces the running features (copied in place), as diffusers callbacks replace latents.
+                (the scale index is both step and timestep; `pipe.num_timesteps` is the number of scales).
+                `callback_kwargs` holds the requested tensors: `"f_hat"` (`(B, Cvae, S, S)`, the summed code
+                features so far), `"image_tokens"` (`(B, l)`, the codes so far) and `"image"` (`(B, 3, H, W)` in
+                [0, 1], the partial image decoded from `f_hat`); `"latents"` is `f_hat` under diffusers' name. A
+                returned `"f_hat"` (or `"latents"`) replaces the running features, as diffusers callbacks replace
+                latents. Setting `pipe._interrupt = True` stops after that scale (the
+                image is decoded from the scales drawn so far).
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["f_hat"]`):
-                Which of `f_hat`, `image_tokens`, `image` the callback receives.
+                Which of `f_hat`, `latents`, `image_tokens`, `image` the callback receives.
 
         Examples:
 
@@ -189,56 +278,108 @@ class VargptPipeline(DiffusionPipeline):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        self.check_inputs(
+            prompt,
+            output_type,
+            generator,
+            callback_on_step_end_tensor_inputs,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+        )
         if isinstance(generator, (list, tuple)) and len(generator) == 1:
             generator = generator[0]
-        self.check_inputs(prompt, output_type, generator, callback_on_step_end_tensor_inputs)
-        # explicit arguments over the model's generation config, resolved once (its guidance scale is loop state)
+        # explicit arguments over the model's generation config, resolved once; the guidance scale is then loop
+        # state that callbacks may change (read before every scale)
         generation_config = self.model.image_generation_config(
             do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance_scale
         )
+        sampler = CodeSampler(generation_config, self.model.model.scale_decoder.scale_sizes)
         self._guidance_scale = generation_config.guidance_scale
+        self._num_timesteps = self.num_scales
+        self._interrupt = False
+        device = self._execution_device
+        self._load_model_on_execution_device()
 
-        # 1. prompts -> left-padded ids ending with <|image_gen_start|>
-        inputs = self.processor(text=prompt, generation_mode="image", return_tensors="pt").to(self._execution_device)
+        # 1. prompts -> LLM input embeddings (left-padded, ending with <|image_gen_start|>), negative ones for guidance
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            self.encode_prompt(
+                prompt,
+                negative_prompt,
+                device,
+                sampler.guided,
+                prompt_embeds,
+                negative_prompt_embeds,
+                prompt_attention_mask,
+                negative_prompt_attention_mask,
+            )
+        )
+        if isinstance(generator, (list, tuple)) and len(generator) != prompt_embeds.shape[0] * num_images_per_prompt:
+            raise ValueError(
+                f"{len(generator)} generators for {prompt_embeds.shape[0]} prompt(s) x {num_images_per_prompt} "
+                "image(s): pass one generator, or one per image"
+            )
 
-        # 2. next-scale generation, one progress step and one callback per scale
+        # 2. prefill, then one model step, progress step and callback per scale
+        state = self.model.prepare_next_scale_state(
+            num_images_per_prompt=num_images_per_prompt,
+            guided=sampler.guided,
+            inputs_embeds=prompt_embeds,
+            attention_mask=prompt_attention_mask,
+            negative_inputs_embeds=negative_prompt_embeds,
+            negative_attention_mask=negative_prompt_attention_mask,
+            device=device,
+        )
         with self.progress_bar(total=self.num_scales) as progress_bar:
-
-            def on_scale(scale_index: int, state: dict[str, torch.Tensor]) -> None:
+            for scale_index in range(self.num_scales):
+                if self.interrupt:
+                    break
+                if sampler.guided:
+                    sampler.guidance.guidance_scale = float(self._guidance_scale)
+                self.model.generate_scale(state, sampler, generator)
                 if callback_on_step_end is not None:
                     callback_kwargs = {
                         name: self._callback_tensor(name, state) for name in callback_on_step_end_tensor_inputs
                     }
                     callback_outputs = callback_on_step_end(self, scale_index, scale_index, callback_kwargs)
-                    new_f_hat = _returned_f_hat(callback_outputs, state["f_hat"])
-                    if new_f_hat is not None and new_f_hat is not state["f_hat"]:
-                        state["f_hat"].copy_(new_f_hat)
+                    new_f_hat = _returned_f_hat(callback_outputs, state.f_hat)
+                    if new_f_hat is not None and new_f_hat is not state.f_hat:
+                        state.f_hat = new_f_hat
                 progress_bar.update()
 
-            output = self.model.generate_images(
-                inputs["input_ids"],
-                inputs["attention_mask"],
-                generation_config=generation_config,
-                num_images_per_prompt=num_images_per_prompt,
-                generator=generator,
-                scale_callback=on_scale,
-            )
-
-        # 3. post-process
-        images = postprocess(output.images, output_type=output_type)  # generate_images gives [0, 1]
+        # 3. decode and post-process ("latent": the features, undecoded)
+        if output_type == "latent":
+            images = state.f_hat
+        else:
+            images = postprocess(self.model.decode_fhat(state.f_hat), output_type=output_type)  # [0, 1] in
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return VargptPipelineOutput(images=images, image_tokens=output.image_tokens)
+        return VargptPipelineOutput(images=images, image_tokens=state.image_tokens)
 
     @property
     def guidance_scale(self) -> float:
         return self._guidance_scale
 
-    def _callback_tensor(self, name: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        """Steps of the last call: one per scale (what callbacks read as the step count)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def _callback_tensor(self, name: str, state: NextScaleState) -> torch.Tensor:
         if name == "image":
-            return self.model.decode_fhat(state["f_hat"])
-        return state[name]
+            return self.model.decode_fhat(state.f_hat)
+        if name == "image_tokens":
+            return state.codes_so_far
+        return state.f_hat  # "f_hat" or "latents"
 
 
 def _returned_f_hat(callback_outputs: Any, f_hat: torch.Tensor) -> torch.Tensor | None:
@@ -250,7 +391,9 @@ def _returned_f_hat(callback_outputs: Any, f_hat: torch.Tensor) -> torch.Tensor 
             f"callback_on_step_end must return a dict (e.g. the callback_kwargs it was given), "
             f"got {type(callback_outputs).__name__}"
         )
-    new_f_hat = callback_outputs.get("f_hat")
+    # a replaced `f_hat` (or `latents`, diffusers' name for it) replaces the running features
+    replaced = [callback_outputs.get(name) for name in ("f_hat", "latents")]
+    new_f_hat = next((tensor for tensor in replaced if tensor is not None and tensor is not f_hat), None)
     if new_f_hat is None:
         return None
     if not isinstance(new_f_hat, torch.Tensor) or new_f_hat.shape != f_hat.shape:
