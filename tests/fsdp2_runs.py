@@ -1,6 +1,6 @@
 """FSDP2 (`torch.distributed.fsdp.fully_shard`) training steps of the tiny model on one mixed global batch.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp2_runs.py MODEL_DIR DATA.pt OUTPUT_DIR STEPS
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fsdp2_runs.py MODEL DATA.pt OUTPUT STEPS
 
 accelerate runs FSDP only on accelerators (on CPU it falls back to DDP), so this drives FSDP2 itself, wrapped as
 accelerate's default policy would: one unit per `_no_split_modules` class, and the root. DATA.pt holds the global

@@ -215,7 +215,7 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, VargptScaleDecoder):
-            # VAR's default; the width from an attribute: under DeepSpeed ZeRO-3 the parameter may be partitioned (empty)
+            # VAR's default; the width read from an attribute: under ZeRO-3 the parameter may be partitioned (empty)
             std = (1 / module.class_embed.embedding_dim / 3) ** 0.5
             init.trunc_normal_(module.start_pos_embed, std=std)
             init.trunc_normal_(module.pos_embed, std=std)
@@ -325,7 +325,7 @@ class VargptModel(VargptPreTrainedModel):
         )
 
     def _idle_understanding(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """The vision tower and projector on one blank image (1×3×S×S); returns `inputs_embeds` plus 0 × its output."""
+        """The vision tower and projector on one blank image (1×3×S×S); returns `inputs_embeds` + 0 × their output."""
         size = self.config.vision_config.image_size
         blank = torch.zeros(1, 3, size, size, device=inputs_embeds.device)
         features = self.get_image_features(blank)
@@ -585,7 +585,9 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             text_loss = self._text_loss(logits, labels, input_ids, keep, text_count)
         losses = [l for l in (text_loss, image_loss) if l is not None]
         if outputs.idle_image_tokens is not None:
-            idle_loss = self._idle_image_loss(hidden_states, outputs.idle_image_tokens, outputs.idle_image_gen_condition)
+            idle_loss = self._idle_image_loss(
+                hidden_states, outputs.idle_image_tokens, outputs.idle_image_gen_condition
+            )
             losses = [*losses, idle_loss] if losses else losses  # no loss without labels, dummy or not
         return VargptCausalLMOutputWithPast(
             loss=sum(losses) if losses else None,
