@@ -368,6 +368,7 @@ class VargptSFTTrainer(Trainer):
 
             with warnings.catch_warnings():  # PEFT reads the deprecated `is_gradient_checkpointing` property
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                set_seed(args.seed)  # the adapters' initial weights must not depend on how loading used the generator
                 model = get_peft_model(model, peft_config)
         if _is_peft(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that require grad
