@@ -20,6 +20,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import EntryNotFoundError
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -143,6 +144,12 @@ class VargptHubMixin:
         """
         hub_kwargs = {key: kwargs.pop(key) for key in ("commit_message", "create_pr", "private") if key in kwargs}
         repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+        own_class = _package_class(type(self))
+        if own_class is not type(self) and own_class._auto_class is not None and is_main_process:
+            # A wrapper made this instance's class a subclass of ours (FSDP2's `FSDPVargpt...`, defined in torch):
+            # `auto_map` and the copied code files name our class (transformers skips it: see `is_remote_code`).
+            os.makedirs(save_directory, exist_ok=True)
+            custom_object_save(object.__new__(own_class), save_directory, config=self.config)
         result = super().save_pretrained(
             save_directory,
             is_main_process=is_main_process,
@@ -161,6 +168,12 @@ class VargptHubMixin:
             if push_to_hub:
                 self._upload_folder(save_directory, repo_id, token=token, **hub_kwargs)
         return result
+
+    @classmethod
+    def is_remote_code(cls) -> bool:
+        """transformers copies the code of a "remote code" class on save. A wrapper's on-the-fly subclass of ours
+        (FSDP2's, defined in torch) is not one: `save_pretrained` writes our class for it instead."""
+        return _package_class(cls) is cls and super().is_remote_code()
 
     def push_to_hub(
         self,
@@ -223,6 +236,16 @@ class VargptHubMixin:
             revision=revision,
             create_pr=create_pr,
         )
+
+
+def _package_class(cls: type) -> type:
+    """The first class in `cls`'s MRO defined in this package (or in its copy beside a checkpoint): `cls` itself,
+    unless a wrapper subclassed it on the fly."""
+    package = __name__.rsplit(".", 1)[0]
+    for candidate in cls.__mro__:
+        if candidate.__module__.rsplit(".", 1)[0] == package and issubclass(candidate, VargptHubMixin):
+            return candidate
+    return cls
 
 
 def card_for_upload(config, folder: str | os.PathLike, repo_id: str, token, name_or_path: str | None) -> ModelCard:

@@ -110,6 +110,9 @@ class VargptModelOutputWithPast(ModelOutput):
             projected features as `pooler_output` (what `get_image_features` returns).
         image_tokens (`torch.LongTensor` of shape `(num_gen_images, L)`): code indices of the images to draw.
         image_gen_condition (`torch.FloatTensor` of shape `(num_gen_images, var_config.hidden_size)`): AdaLN condition.
+        idle_image_tokens (`torch.LongTensor` of shape `(1, L)`), idle_image_gen_condition (`torch.FloatTensor` of
+            shape `(1, var_config.hidden_size)`): in training, when the batch draws nothing, the dummy image's codes
+            and condition (see `VargptModel.runs_idle`), for the head to finish the dummy pass.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -120,10 +123,28 @@ class VargptModelOutputWithPast(ModelOutput):
     image_outputs: BaseModelOutputWithPooling | None = None
     image_tokens: torch.LongTensor | None = None
     image_gen_condition: torch.FloatTensor | None = None
+    idle_image_tokens: torch.LongTensor | None = None
+    idle_image_gen_condition: torch.FloatTensor | None = None
 
     @property
     def image_gen_targets(self) -> torch.LongTensor | None:
         return _deprecated_output_name(self, "image_gen_targets", "image_tokens")
+
+
+def _is_sharded(module: nn.Module) -> bool:
+    """Whether running `module` gathers parameters collectively: DeepSpeed ZeRO-3 (its parameters carry `ds_id`) or
+    FSDP2 (it contains an FSDP unit; parameters of the root unit are gathered once per step, whatever runs). Every
+    process must then run the module the same number of times, in the same order."""
+    parameter = next(module.parameters(), None)
+    if parameter is None:
+        return False
+    if hasattr(parameter, "ds_id"):
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return any(isinstance(submodule, FSDPModule) for submodule in module.modules())
 
 
 @dataclass
@@ -197,13 +218,28 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
     _supports_attention_backend = True
     # text decoding steps (no images, no codes) are shape-static: static caches and `torch.compile(fullgraph=True)`
     _can_compile_fullgraph = True
+
+    # Blocks that FSDP wraps (and `device_map` never splits): the LLM's decoder layer, the CLIP encoder layer, the VAR
+    # block and the VQVAE's stages (each runs its convolutions, norms and attention on one activation). `post_init`
+    # adds the sub-models' own lists and keeps only classes the model contains (accelerate's FSDP auto-wrap fails
+    # on a name it cannot find, e.g. CLIP's `CLIPTextEmbeddings` in a vision-only tower), except the VQVAE's
+    # quantizer: it runs through its methods, never its `forward`, so an FSDP unit of its own would never be gathered.
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer", "VarBlock", "VQStage", "VQMiddle"]
+    _not_wrappable_modules = ("MultiScaleQuantizer",)
     _keys_to_ignore_on_load_unexpected = DERIVED_RELEASED_BUFFERS
+
+    def post_init(self) -> None:
+        super().post_init()
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = {
+            name for name in self._no_split_modules if name in present and name not in self._not_wrappable_modules
+        }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, VargptScaleDecoder):
-            std = (1 / module.pos_embed.shape[-1] / 3) ** 0.5  # VAR's default
+            # VAR's default; the width read from an attribute: under ZeRO-3 the parameter may be partitioned (empty)
+            std = (1 / module.class_embed.embedding_dim / 3) ** 0.5
             init.trunc_normal_(module.start_pos_embed, std=std)
             init.trunc_normal_(module.pos_embed, std=std)
             scale_ids, block_causal_mask = module.derived_buffers()
@@ -369,6 +405,57 @@ class VargptModel(VargptPreTrainedModel):
         inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), features)
         return inputs_embeds, image_outputs
 
+    # ---- every module on every step ------------------------------------------------------------------------------
+    def runs_idle(self, *modules: nn.Module) -> bool:
+        """Whether parts that this batch does not use run anyway, on a dummy input whose contribution is exactly 0.
+
+        Why: in training every process must take part in the same collectives whatever its micro-batch holds. DDP
+        (without `find_unused_parameters`) and DeepSpeed ZeRO reduce a gradient for every trainable parameter, so a
+        trainable part a batch does not reach (the VAR decoder on a process whose batch draws nothing) must still
+        produce its gradient, here exactly zero; ZeRO-3 and FSDP also gather the *frozen* parameters of every module
+        that runs, so a sharded part (the vision tower on a process with no image to read) must run on every process,
+        in the same order as where the batch has real inputs. A dummy input (rather than `0 × parameter` anchors)
+        does both: the dummy goes through the same modules in the same order as real data, so every process issues
+        the same all-gathers in forward and the same gradient reductions in backward, and its output enters the
+        loss multiplied by 0, so losses and gradients equal those of one process with the whole global batch.
+
+        The dummy runs only in training with gradients on, and only for parts with trainable or sharded
+        parameters: a frozen, replicated part (the vision tower under DDP) is skipped at no cost.
+        """
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        return any(p.requires_grad for module in modules for p in module.parameters()) or any(
+            _is_sharded(module) for module in modules
+        )
+
+    def _idle_understanding(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """The vision tower and projector on one blank image (1×3×S×S); returns `inputs_embeds` + 0 × their output."""
+        size = self.config.vision_config.image_size
+        blank = torch.zeros(1, 3, size, size, device=inputs_embeds.device)
+        features = self.get_image_features(blank).pooler_output
+        return inputs_embeds + features.sum().to(inputs_embeds.dtype) * 0
+
+    def _blank_image_tokens(self, device: torch.device) -> torch.LongTensor:
+        """Codes (1×L) of a blank image through the VQVAE encoder (so a sharded VQVAE is gathered on every
+        process), or zeros where the VQVAE is replicated (frozen in every stage: no need to run it)."""
+        if _is_sharded(self.vqvae):
+            size = self.config.vq_config.image_size
+            return self.vqvae.tokenize(torch.zeros(1, 3, size, size, device=device))
+        return torch.zeros(1, self.config.num_image_gen_tokens, dtype=torch.long, device=device)
+
+    def _idle_generation(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor, torch.Tensor]:
+        """The input half of drawing on one dummy image (VQVAE codes, class embedding, teacher forcing, input
+        projector). Returns `inputs_embeds` plus 0 × its output, the dummy codes (1×L) and condition (1×C); the
+        head runs the output half (`VargptForConditionalGeneration._idle_image_loss`)."""
+        tokens = self._blank_image_tokens(inputs_embeds.device)
+        # no condition dropout: the dummy draws no random numbers, so the real samples' stream is unchanged
+        condition = self.scale_decoder.class_embed(self.condition_rows(1, inputs_embeds.device))
+        gen_embeds = self.image_gen_embeddings(tokens, condition)
+        return inputs_embeds + gen_embeds.sum().to(inputs_embeds.dtype) * 0, tokens, condition
+
+    def _generation_modules(self) -> tuple[nn.Module, ...]:
+        return self.vqvae, self.scale_decoder, self.gen_input_projector, self.gen_output_projector
+
     # ---- drawing ------------------------------------------------------------------------------------------------
     def check_generation_tokens(self) -> None:
         """Raise a clear error when the config has no image generation tokens (the model can only read)."""
@@ -416,6 +503,10 @@ class VargptModel(VargptPreTrainedModel):
         else:
             check_image_tokens(image_tokens, self.config.vq_config.vocab_size, self.config.num_image_gen_tokens)
             image_tokens = image_tokens.to(input_ids.device)
+            if self.training and torch.is_grad_enabled() and _is_sharded(self.vqvae):
+                # a process whose batch draws nothing runs the encoder on a blank image (`runs_idle`): so does
+                # this one, which has codes already, to issue the same collectives
+                self._blank_image_tokens(input_ids.device)
         num_images, length = image_tokens.shape
         pad_mask = input_ids == self.config.image_gen_pad_token_id
         if int(pad_mask.sum()) != num_images * self.config.num_image_gen_tokens:
@@ -476,7 +567,7 @@ class VargptModel(VargptPreTrainedModel):
             self._check_prompt(input_ids, attention_mask, pixel_values, pixel_gen_values, image_tokens)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        image_outputs = targets = condition = None
+        image_outputs = targets = condition = idle_tokens = idle_condition = None
         if pixel_values is not None:
             vision_kwargs = {
                 "vision_feature_layer": vision_feature_layer,
@@ -486,12 +577,16 @@ class VargptModel(VargptPreTrainedModel):
             inputs_embeds, image_outputs = self.merge_image_features(
                 input_ids, inputs_embeds, pixel_values, **vision_kwargs
             )
+        elif self.runs_idle(self.vision_tower, self.multi_modal_projector):
+            inputs_embeds = self._idle_understanding(inputs_embeds)
         if pixel_gen_values is not None or image_tokens is not None:
             if input_ids is None:
                 raise ValueError("generation images need input_ids to locate the <|image_gen_pad|> tokens")
             inputs_embeds, targets, condition = self._merge_image_gen_embeddings(
                 input_ids, inputs_embeds, pixel_gen_values, image_tokens
             )
+        elif self.config.supports_image_generation and self.runs_idle(*self._generation_modules()):
+            inputs_embeds, idle_tokens, idle_condition = self._idle_generation(inputs_embeds)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -509,6 +604,8 @@ class VargptModel(VargptPreTrainedModel):
             image_outputs=image_outputs,
             image_tokens=targets,
             image_gen_condition=condition,
+            idle_image_tokens=idle_tokens,
+            idle_image_gen_condition=idle_condition,
         )
 
 
@@ -629,6 +726,11 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         if labels is not None or shift_labels is not None:
             text_loss = self._text_loss(logits, labels, shift_labels, input_ids, keep, text_count)
         losses = [l for l in (text_loss, image_loss) if l is not None]
+        if outputs.idle_image_tokens is not None:
+            idle_loss = self._idle_image_loss(
+                hidden_states, outputs.idle_image_tokens, outputs.idle_image_gen_condition
+            )
+            losses = [*losses, idle_loss] if losses else losses  # no loss without labels, dummy or not
         return VargptCausalLMOutputWithPast(
             loss=sum(losses) if losses else None,
             text_loss=text_loss,
@@ -642,6 +744,17 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             image_hidden_states=outputs.image_hidden_states,
             image_outputs=outputs.image_outputs,
         )
+
+    def _idle_image_loss(
+        self, hidden_states: torch.Tensor, tokens: torch.LongTensor, condition: torch.Tensor
+    ) -> torch.Tensor:
+        """The output half of the dummy drawing (see `VargptModel.runs_idle`): the output projector and the VAR
+        blocks on L copies of the first LLM state, as real pads would be; returns their code loss × 0 (a 0-d tensor
+        whose gradient reaches every module the real image loss reaches, with value 0)."""
+        pad_states = hidden_states[:1, :1].expand(1, tokens.shape[1], -1)
+        logits = self.model.image_logits(pad_states, condition)
+        total = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten().to(logits.device), reduction="sum")
+        return total * 0
 
     def _text_loss(self, logits, labels, shift_labels, input_ids, keep, num_items_in_batch) -> torch.Tensor:
         """Cross-entropy of the logits at position t against `labels[t + 1]`, or `shift_labels[t]` when given

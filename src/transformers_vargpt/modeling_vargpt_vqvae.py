@@ -308,7 +308,9 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def nearest_codes(self, vectors: torch.Tensor) -> torch.LongTensor:
         """Vectors N×Cvae → index of the nearest codebook entry (Euclidean), N."""
-        codebook = self.codebook.weight
+        # every row through the embedding's forward rather than `.weight`: under DeepSpeed ZeRO-3 a module's
+        # parameters are gathered only for its forward (the same values)
+        codebook = self.codebook(torch.arange(self.codebook.num_embeddings, device=vectors.device))
         distance = vectors.square().sum(dim=1, keepdim=True) + codebook.square().sum(dim=1) - 2 * vectors @ codebook.T
         return distance.argmin(dim=1)
 

@@ -94,8 +94,9 @@ def freeze_for_stage(model: nn.Module, stage: int) -> int:
                 outside[_WRAPPER_PREFIX.sub("", name[: min(found)].rstrip("."))] = None
             wanted = wanted and bool(found)
         parameter.requires_grad_(wanted)
-        total += parameter.numel()
-        trainable += parameter.numel() if wanted else 0
+        numel = getattr(parameter, "ds_numel", parameter.numel())  # DeepSpeed ZeRO-3 partitions hold 0 locally
+        total += numel
+        trainable += numel if wanted else 0
     if outside:
         names = list(outside)
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")

@@ -206,13 +206,19 @@ class VargptSFTConfig(SFTConfig):
             self.bf16, fp16 = (False, False) if (self.use_cpu or self.fp16) else _default_mixed_precision()
             self.fp16 = self.fp16 or fp16
         if self.ddp_find_unused_parameters is None:
-            # every trainable parameter takes part in each step's loss (see VargptSFTTrainer.compute_loss)
+            # every trainable module runs on every step (VargptModel.runs_idle; the rest: _zero_gradient_anchor)
             self.ddp_find_unused_parameters = False
         if self.lora_modules_to_save is not None and [m.lower() for m in self.lora_modules_to_save] == ["none"]:
             self.lora_modules_to_save = []
         if self.stage is not None and int(self.stage) not in (1, 2, 3):
             raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
         super().__post_init__()
+        if self.deepspeed and self.use_cpu and self.world_size > 1:
+            # DeepSpeed on CPU processes: its communication layer must wrap the gloo group now, before ZeRO-3 builds
+            # the model partitioned (`zero.Init` reads the world size from it, and would see 1 process)
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend="gloo")
         unsupported = {
             name: getattr(self, name)
             for name, off in _SFT_ONLY_OPTIONS.items()
@@ -362,6 +368,7 @@ class VargptSFTTrainer(Trainer):
 
             with warnings.catch_warnings():  # PEFT reads the deprecated `is_gradient_checkpointing` property
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                set_seed(args.seed)  # the adapters' initial weights must not depend on how loading used the generator
                 model = get_peft_model(model, peft_config)
         if _is_peft(model) and args.gradient_checkpointing:
             model.enable_input_require_grads()  # checkpointed blocks need inputs that require grad
@@ -384,7 +391,9 @@ class VargptSFTTrainer(Trainer):
                 "VargptSFTTrainer does not support nn.DataParallel (several GPUs visible to one process): a batch's "
                 "images do not split by rows. Launch with `accelerate launch` or `torchrun`, or make one GPU visible."
             )
-        self.num_trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.num_trainable_parameters = sum(
+            getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad
+        )  # ZeRO-3 partitions hold 0 elements locally
         self._image_gen_pad_token_id = config.image_gen_pad_token_id
         self._base_config = config
         self._base_model_name = model_path or getattr(config, "_name_or_path", None)
@@ -507,13 +516,15 @@ class VargptSFTTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _zero_gradient_anchor(self, model) -> torch.Tensor | float:
-        """0 × one element of every trainable parameter: their exact gradient (zero) where the batch does not reach
-        them, so that every process gives DDP (run without `find_unused_parameters`) a gradient for each parameter.
+        """0 × one element of every trainable parameter, under DDP only: a gradient (exactly zero) for parameters
+        that no forward reads, so that DDP can run without `find_unused_parameters`.
 
-        A micro-batch can leave all of a stage's modules out of the graph (a text-only batch in stages 1 and 3);
-        without this, backward fails on a loss with no graph, and the other DDP processes wait for it. Not done under
-        DeepSpeed / FSDP, whose sharded parameters cannot be read outside their forward: there every trainable module
-        must run on every step (issue 16).
+        Modules that a batch merely leaves idle are not the concern: the model runs them on a dummy input whose
+        contribution is 0 (`VargptModel.runs_idle`), under every backend. What remains are parameters no forward
+        reaches at all: the generation projectors' LayerNorm (the released checkpoint's `ln_q`, trained in stages
+        1 and 3 as in the released recipe but never applied), or e.g. CLIP's last layer if a user unfreezes the
+        vision tower (the features come from the layer before). DeepSpeed gives such parameters a zero gradient
+        itself, and their sharded copies could not be read outside the forward under ZeRO-3 / FSDP: skipped there.
         """
         if self.accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             return 0.0
