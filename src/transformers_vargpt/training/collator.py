@@ -281,7 +281,7 @@ def _load_training_image(image: Any):
     opened PIL image is only read here)."""
     try:
         return _load_image(image)
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, ValueError) as error:  # ValueError: load_rgb_image's own "truncated or corrupt"
         name = getattr(image, "filename", None) or (image.get("path") if isinstance(image, dict) else None) or image
         raise ValueError(
             f"training image {str(name)[:200]!r} cannot be read ({type(error).__name__}: {error}); load the data with "
