@@ -133,11 +133,16 @@ class VargptHubMixin:
         variant: str | None = None,
         token: str | bool | None = None,
         save_peft_format: bool = True,
-        save_original_format: bool = True,
+        save_original_format: bool = False,
         distributed_checkpoint: bool = False,
         **kwargs,
     ):
         """`PreTrainedModel.save_pretrained`, plus a model card (`README.md`) unless a hand-written one is there.
+
+        Writes this package's own layout (`save_original_format=False`), not the released names a model may have been
+        loaded from. The parameters are named (not `**kwargs`) because callers such as diffusers'
+        `DiffusionPipeline.save_pretrained` pass `variant` and `max_shard_size` only to a method whose signature
+        shows them.
 
         With `push_to_hub=True` the directory is then uploaded as [`push_to_hub`] uploads (same keyword arguments
         as transformers': `repo_id` (defaults to the directory's name), `commit_message`, `create_pr`, `private`).

@@ -281,35 +281,6 @@ class VargptPreTrainedModel(VargptHubMixin, PreTrainedModel):
             read_weight_shapes(weight_files(directory / kwargs.get("subfolder", "")))
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def save_pretrained(
-        self,
-        save_directory,
-        is_main_process: bool = True,
-        state_dict: dict | None = None,
-        push_to_hub: bool = False,
-        max_shard_size: int | str = "50GB",
-        variant: str | None = None,
-        token: str | bool | None = None,
-        save_peft_format: bool = True,
-        save_original_format: bool = False,
-        **kwargs,
-    ):
-        """Writes our own layout (not the released names the model may have been loaded from). The parameters are
-        named (not `*args`) because callers such as diffusers' `DiffusionPipeline.save_pretrained` pass `variant` and
-        `max_shard_size` only to a method whose signature shows them."""
-        return super().save_pretrained(
-            save_directory,
-            is_main_process=is_main_process,
-            state_dict=state_dict,
-            push_to_hub=push_to_hub,
-            max_shard_size=max_shard_size,
-            variant=variant,
-            token=token,
-            save_peft_format=save_peft_format,
-            save_original_format=save_original_format,
-            **kwargs,
-        )
-
 
 class VargptModel(VargptPreTrainedModel):
     """The VARGPT body: vision tower, LLM, VQVAE, VAR decoder and the projectors between them. Returns hidden states."""
