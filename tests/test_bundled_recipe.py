@@ -95,6 +95,23 @@ def test_answer_rules():
     assert not answer_is_right("describe", "A red circle.", scene)
 
 
+def test_recipe_fields_can_be_changed_by_name():
+    from transformers_vargpt.bundled.build import Recipe, with_overrides
+
+    recipe = with_overrides(Recipe(), ["stage0_steps=7", "stage2_learning_rate=1e-4", "text_layers=2", "top_k=3",
+                                       "vqvae_args=--steps 5 --vocab_size 64", "eval_seeds=[3, 4]"])
+    assert recipe.stage0_steps == 7 and recipe.sizes.text_layers == 2 and recipe.top_k == 3
+    assert dict(recipe.stages)[2].learning_rate == 1e-4 and dict(recipe.stages)[2].steps == Recipe().stages[1][1].steps
+    assert recipe.vqvae_args == ("--steps", "5", "--vocab_size", "64") and recipe.eval_seeds == (3, 4)
+    assert with_overrides(Recipe(), []) == Recipe()
+    with pytest.raises(SystemExit, match="no such recipe field"):
+        with_overrides(Recipe(), ["stage0_stepz=3"])
+    with pytest.raises(SystemExit, match="expects FIELD=VALUE"):
+        with_overrides(Recipe(), ["stage0_steps"])
+    with pytest.raises(SystemExit, match="a stage takes steps, learning_rate or data"):
+        with_overrides(Recipe(), ["stage3_batch=3"])
+
+
 def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     """The whole recipe at tiny sizes: VQVAE, data, stage 0, stages 1-3 through vargpt-train, evaluation, card."""
     from transformers import AutoProcessor

@@ -311,3 +311,48 @@ def test_subprocess_chat_from_a_pipe(model_dir, picture, tmp_path):
     assert len(result.stdout.splitlines()) == 2 and "you>" not in result.stdout
     assert os.listdir(tmp_path) == []
 
+
+
+# ---- --adapter ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory) -> str:
+    """LoRA adapters on the tiny model's language model and VAR decoder, with random (non-zero) B matrices so that
+    they change both answers and pictures."""
+    peft = pytest.importorskip("peft")
+    from transformers_vargpt.training import lora_config_for_stage
+
+    directory = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    base = VargptForConditionalGeneration.from_pretrained(model_dir)
+    config = lora_config_for_stage(2, r=4, init_lora_weights=False, modules_to_save=[],
+                                   target_modules=r".*(language_model.*(q_proj|v_proj)|scale_decoder.*attn\.qkv)")
+    peft.get_peft_model(base, config).save_pretrained(directory)
+    return str(directory)
+
+
+def test_adapter_changes_pictures_and_answers_like_a_merged_model(model_dir, adapter_dir, picture, workdir, capsys):
+    from peft import PeftModel
+
+    common = ["--model", model_dir, "--seed", "0", "--top-k", "0"]
+    assert main(["generate", PROMPT, "-o", "base.png", *common]) == 0
+    assert main(["generate", PROMPT, "-o", "adapted.png", *common, "--adapter", adapter_dir]) == 0
+    base, adapted = (np.asarray(Image.open(name)) for name in ("base.png", "adapted.png"))
+    assert not np.array_equal(base, adapted)
+
+    # the same picture as PeftModel.from_pretrained + merge_and_unload by hand, in the pipeline
+    merged = PeftModel.from_pretrained(VargptForConditionalGeneration.from_pretrained(model_dir), adapter_dir)
+    pipe = VargptPipeline(model=merged.merge_and_unload().eval(), processor=VargptProcessor.from_pretrained(model_dir))
+    by_hand = pipe(PROMPT, generator=torch.Generator().manual_seed(0), top_k=0, output_type="np").images[0]
+    np.testing.assert_allclose(adapted.astype(np.float64), np.round(by_hand * 255), atol=1)
+
+    capsys.readouterr()
+    assert main(["ask", picture, "What shape is in the image?", "--model", model_dir, "--adapter", adapter_dir,
+                 "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_a_directory_without_adapters_gets_one_line(model_dir, workdir, capsys):
+    (workdir / "no-adapter").mkdir()
+    assert main(["generate", PROMPT, "-o", "out.png", "--model", model_dir, "--adapter", "no-adapter"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no adapter_config.json" in err and os.listdir(workdir) == ["no-adapter"]

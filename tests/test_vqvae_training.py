@@ -13,7 +13,9 @@ from transformers_vargpt import VargptVQVAE, VargptVQVAEConfig
 from transformers_vargpt.shapes_world import PALETTE
 from transformers_vargpt.training.vqvae import (
     EVAL_FILE_NAME,
+    CodebookEMA,
     CodebookUsage,
+    VQVAETrainingArguments,
     main,
     training_batch,
     vqvae_training_losses,
@@ -110,6 +112,35 @@ def test_dead_codes_are_reinitialised_from_encoder_vectors():
     state = optimizer.state[quantizer.codebook.weight]
     assert state["exp_avg"][5:].abs().sum() == 0 and state["exp_avg_sq"][5:].abs().sum() == 0
     assert usage.hits.sum() == 0  # counting starts again
+
+
+def test_codebook_running_means_follow_the_vectors_each_code_is_chosen_for():
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-5.0, 5.0]])
+    ema = CodebookEMA(codebook, decay=0.5)
+    vectors = torch.tensor([[1.0, 1.0], [3.0, 1.0], [9.0, 12.0]])  # code 0 twice, code 1 once, code 2 never
+    indices = torch.tensor([[0, 0, 1]])
+    for _ in range(40):
+        ema.update(codebook, [indices[:, :2], indices[:, 2:]], [vectors[:2], vectors[2:]])  # two "scales"
+    torch.testing.assert_close(codebook[0], torch.tensor([2.0, 1.0]), atol=1e-3, rtol=0)  # mean of its vectors
+    torch.testing.assert_close(codebook[1], torch.tensor([9.0, 12.0]), atol=1e-3, rtol=0)
+    assert codebook[2].abs().max() < 0.01  # unused: fades towards 0 (until a dead-code restart)
+
+    codebook[2] = torch.tensor([7.0, 7.0])  # re-initialised by a restart: its running mean starts there
+    ema.restarted(codebook, torch.tensor([2]))
+    ema.update(codebook, [indices], [vectors])
+    torch.testing.assert_close(codebook[2], torch.tensor([7.0, 7.0]), atol=0.05, rtol=0)
+
+
+def test_with_running_means_the_optimizer_leaves_the_codebook_alone(tmp_path):
+    from transformers_vargpt.training.vqvae import train_vqvae
+
+    args = VQVAETrainingArguments(output=str(tmp_path), image_size=IMAGE_SIZE, scale_sizes=[1, 2, 4, 8],
+                                  channel_multipliers=[1, 1], vocab_size=16, z_channels=8, steps=3, batch_size=2,
+                                  warmup_steps=1, final_steps_without_restarts=0)
+    model, _ = train_vqvae(args)
+    assert not model.quantizer.codebook.weight.requires_grad
+    with pytest.raises(ValueError, match="codebook_ema_decay must be in"):
+        VQVAETrainingArguments(output=str(tmp_path), codebook_ema_decay=1.0)
 
 
 def test_cli_trains_saves_and_evaluates(tmp_path):

@@ -5,7 +5,8 @@
     vargpt ask circle.png "What shape is in the image?"
     vargpt chat --image circle.png
 
-Every subcommand takes `--model` (a directory or a Hub id), `--device` and `--dtype`. User errors (a missing or
+Every subcommand takes `--model` (a directory or a Hub id), `--adapter` (PEFT LoRA adapters trained on that model,
+e.g. by `vargpt-train --lora`), `--device` and `--dtype`. User errors (a missing or
 unreadable image, an empty prompt, a model that is not there, an output that cannot be written) end with one line on
 stderr and exit status 1; argparse reports unknown options and values with status 2.
 
@@ -98,11 +99,31 @@ def load_pipeline(args: argparse.Namespace):
             )
     from .pipeline_vargpt import VargptPipeline
 
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None and not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise CliError(f"--adapter {adapter!r}: not a directory with PEFT adapters (no adapter_config.json in it)")
     try:
         pipe = VargptPipeline.from_pretrained(name, dtype=dtype)
-        return pipe.to(device)
     except Exception as error:  # missing files, offline without a cached copy, not a VARGPT model, ...
         raise CliError(f"cannot load the model {name!r}: {one_line(error)}") from error
+    if adapter is not None:
+        pipe = with_adapter(pipe, adapter)
+    return pipe.to(device)
+
+
+def with_adapter(pipe, adapter: str):
+    """`pipe` with the PEFT adapters in `adapter` merged into its model (inference then costs nothing extra)."""
+    try:
+        from peft import PeftModel
+    except ImportError as error:
+        raise CliError("--adapter needs the peft package (pip install 'transformers-vargpt[train]')") from error
+    from .pipeline_vargpt import VargptPipeline
+
+    try:
+        adapted = PeftModel.from_pretrained(pipe.model, adapter)
+    except Exception as error:  # adapters of another architecture or size, unreadable weights, ...
+        raise CliError(f"cannot apply the adapters in {adapter!r} to this model: {one_line(error)}") from error
+    return VargptPipeline(model=adapted.merge_and_unload().eval(), processor=pipe.processor)
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -213,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{generate,ask,chat}")
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--model", help="model directory or Hub id (default: the bundled model)")
+    shared.add_argument("--adapter", help="directory of PEFT LoRA adapters to apply to the model (adapter_config.json)")
     shared.add_argument("--device", default="auto", help="auto (default: CUDA if present, else CPU), cpu, cuda, ...")
     shared.add_argument(
         "--dtype", default="auto", choices=["auto", *DTYPES], help="auto (default): bfloat16 on CUDA, else float32"

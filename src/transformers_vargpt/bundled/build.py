@@ -63,8 +63,11 @@ class Recipe:
 
     sizes: BundledSizes = field(default_factory=BundledSizes)
     image_size: int = 64
-    # VQVAE trainer options (python -m transformers_vargpt.training.vqvae)
-    vqvae_args: tuple[str, ...] = ()
+    # VQVAE trainer options (python -m transformers_vargpt.training.vqvae): 128 codes rather than 512, so that each
+    # position's code is easier for the generator to predict; a fifth of the scenes in random colours (half made
+    # palette reconstructions markedly worse for the same steps)
+    vqvae_args: tuple[str, ...] = ("--vocab_size", "128", "--random_color_fraction", "0.2", "--learning_rate", "1e-3",
+                                   "--steps", "4000", "--batch_size", "16", "--log_every", "250")
     # data: understanding / generation rows of the mixed file, rows of the generation-only file
     mixed_understanding: int = 12000
     mixed_generation: int = 12000
@@ -72,7 +75,7 @@ class Recipe:
     questions_per_image: int = 4
     random_color_shapes: float = 0.2
     # vision tower pre-training (bundled.vision_pretraining)
-    vision_steps: int = 4000
+    vision_steps: int = 3000
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     batch_size: int = 32
@@ -137,15 +140,15 @@ def run_module(module: str, arguments: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def train_vqvae(recipe: Recipe, output: Path, seed: int) -> Path:
+def train_vqvae(recipe: Recipe, output: Path, seed: int, device: str = "cpu") -> Path:
     run_module("transformers_vargpt.training.vqvae",
                ["--output", str(output), "--image_size", str(recipe.image_size), "--seed", str(seed),
-                *recipe.vqvae_args])
+                "--device", device, *recipe.vqvae_args])
     return output
 
 
 def run_stage(stage: int, settings: StageSettings, model_dir: Path, data: Path, image_root: Path, output: Path,
-              recipe: Recipe, seed: int) -> Path:
+              recipe: Recipe, seed: int, device: str = "cpu") -> Path:
     """One stage through `vargpt-train` (`python -m transformers_vargpt.training`)."""
     run_module("transformers_vargpt.training", [
         "--stage", str(stage),
@@ -163,7 +166,7 @@ def run_stage(stage: int, settings: StageSettings, model_dir: Path, data: Path, 
         "--report_to", "none",
         "--seed", str(seed),
         "--data_seed", str(seed),
-        "--use_cpu", "true",
+        "--use_cpu", "true" if device == "cpu" else "false",
     ])
     return output
 
@@ -197,7 +200,8 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
         (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Path | None = None) -> dict:
+def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Path | None = None,
+          device: str = "cpu") -> dict:
     """Run the whole recipe; returns the evaluation report (also written into `output`)."""
     from .evaluate import evaluate
     from .from_scratch import train_from_scratch
@@ -215,7 +219,7 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
 
     mark = time.perf_counter()
     if vqvae_dir is None:
-        vqvae_dir = train_vqvae(recipe, work_dir / "vqvae", seed)
+        vqvae_dir = train_vqvae(recipe, work_dir / "vqvae", seed, device)
     vqvae = load_vqvae(vqvae_dir)
     timings["vqvae"] = time.perf_counter() - mark
 
@@ -224,12 +228,13 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     parameters = count_parameters(model)
     logger.info(f"parameters: {parameters}")
     vision_metrics = pretrain_vision_tower(model, processor.image_processor, recipe.vision_steps,
-                                           recipe.vision_batch_size, recipe.vision_learning_rate, seed)
+                                           recipe.vision_batch_size, recipe.vision_learning_rate, seed,
+                                           device=device)
     timings["vision"] = time.perf_counter() - mark
     mark = time.perf_counter()
     stage_dir = work_dir / "stage0"
     train_from_scratch(model, processor, data["mixed"], data_dir, stage_dir, recipe.stage0_steps,
-                       recipe.stage0_learning_rate, recipe.batch_size, seed)
+                       recipe.stage0_learning_rate, recipe.batch_size, seed, use_cpu=device == "cpu")
     processor.save_pretrained(stage_dir)
     del model
     timings["stage0"] = time.perf_counter() - mark
@@ -237,12 +242,12 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     for stage, settings in recipe.stages:
         mark = time.perf_counter()
         stage_dir = run_stage(stage, settings, stage_dir, data[settings.data], data_dir, work_dir / f"stage{stage}",
-                              recipe, seed)
+                              recipe, seed, device)
         timings[f"stage{stage}"] = time.perf_counter() - mark
 
     finalize(stage_dir, output, recipe)
     mark = time.perf_counter()
-    report = evaluate(str(output), output, list(recipe.eval_seeds), recipe.eval_images_per_combination)
+    report = evaluate(str(output), output, list(recipe.eval_seeds), recipe.eval_images_per_combination, device)
     timings["evaluation"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start
     report["timings_seconds"] = {key: round(value, 1) for key, value in timings.items()}
@@ -253,6 +258,38 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     write_model_card(output, report, vqvae_dir)
     return report
+
+
+def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """`recipe` with `FIELD=VALUE` changes (what `--set` takes); unknown fields and bad values are refused by name."""
+    fields = {name for name in Recipe.__dataclass_fields__ if name not in ("sizes", "stages")}
+    sizes_fields = set(BundledSizes.__dataclass_fields__)
+    stages = dict(recipe.stages)
+    changes, size_changes = {}, {}
+    for override in overrides:
+        name, sep, text = override.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {override!r}")
+        if name == "vqvae_args":
+            changes[name] = tuple(text.split())
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        stage_field = name.removeprefix("stage").partition("_")
+        if name.startswith("stage") and stage_field[0].isdigit() and int(stage_field[0]) in stages:
+            stage = int(stage_field[0])
+            if stage_field[2] not in ("steps", "learning_rate", "data"):
+                raise SystemExit(f"--set {name}: a stage takes steps, learning_rate or data")
+            stages[stage] = replace(stages[stage], **{stage_field[2]: value})
+        elif name in fields:
+            changes[name] = tuple(value) if isinstance(value, list) else value
+        elif name in sizes_fields:
+            size_changes[name] = value
+        else:
+            raise SystemExit(f"--set {name}: no such recipe field (fields: {', '.join(sorted(fields | sizes_fields))})")
+    return replace(recipe, **changes, sizes=replace(recipe.sizes, **size_changes), stages=tuple(stages.items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,12 +303,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps: checks every step runs")
     parser.add_argument("--keep-work-dir", action="store_true")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train (the shipped weights are the CPU run's; cuda is for trying recipes)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one Recipe field, e.g. --set stage0_steps=2000 (JSON values; vqvae_args as a "
+                             "space-separated string; stageN_steps / stageN_learning_rate for stages 1-3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     recipe = Recipe.smoke() if args.smoke else Recipe()
+    recipe = with_overrides(recipe, args.overrides)
     work_dir = args.work_dir or args.output.with_name(args.output.name + ".work")
     torch.manual_seed(args.seed)
-    report = build(args.output, work_dir, recipe, args.seed, args.vqvae)
+    report = build(args.output, work_dir, recipe, args.seed, args.vqvae, args.device)
     if args.work_dir is None and not args.keep_work_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
     print(summary(report))

@@ -65,9 +65,10 @@ def answer_is_right(kind: str, answer: str, scene: Scene) -> bool:
 
 
 @torch.no_grad()
-def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24) -> dict:
-    """Draw every combination × phrasing × seed with the model's default sampling; check each picture's pixels.
-    Returns counts and the samples."""
+def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24,
+                        sampling: dict | None = None) -> dict:
+    """Draw every combination × phrasing × seed with the model's default sampling (or `sampling`'s changes to it:
+    top_k, top_p, temperature, guidance_scale, do_sample); check each picture's pixels. Returns counts and samples."""
     requests = [
         (Scene(shape=shape, color=color, background=background), template, seed)
         for seed in seeds
@@ -78,11 +79,12 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
         prompts = [scene.prompt(template) for scene, template, _ in chunk]
-        inputs = processor(text=prompts, generation_mode="image", return_tensors="pt")
+        inputs = processor(text=prompts, generation_mode="image", return_tensors="pt").to(model.device)
         # one generator per chunk, seeded by the chunk's first request: the same settings give the same pictures
-        generator = torch.Generator().manual_seed(1000 * chunk[0][2] + start)
-        output = model.generate_images(inputs["input_ids"], inputs["attention_mask"], generator=generator)
-        pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        generator = torch.Generator(model.device).manual_seed(1000 * chunk[0][2] + start)
+        output = model.generate_images(inputs["input_ids"], inputs["attention_mask"], generator=generator,
+                                       **(sampling or {}))
+        pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for (scene, template, seed), picture in zip(chunk, pictures):
             checked = check_image(picture)
             samples.append({"scene": scene, "template": template, "seed": seed, "picture": picture,
@@ -107,7 +109,7 @@ def answer_questions(model, processor, images: list[Image.Image], question: str,
     """The model's answers to one question about each image (the saved text-generation defaults)."""
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt")
+    inputs = processor(images=images, text=[prompt] * len(images), return_tensors="pt").to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens)
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
@@ -151,8 +153,9 @@ def sample_grid(samples: list[dict], columns: int = 8, cell: int = 96, limit: in
 
 
 def evaluate(model_path: str, output_dir: Path | None, seeds: list[int], images_per_combination: int,
-             device: str = "cpu") -> dict:
-    """Run both evaluations on the held-out combinations; write evaluation.json and samples.png if output_dir."""
+             device: str = "cpu", sampling: dict | None = None) -> dict:
+    """Run both evaluations on the held-out combinations; write evaluation.json and samples.png if output_dir.
+    `sampling` changes the model's saved image-sampling defaults (keys of `IMAGE_GENERATION_DEFAULTS`)."""
     from transformers import AutoProcessor
 
     from ..modeling_vargpt import VargptForConditionalGeneration
@@ -160,9 +163,9 @@ def evaluate(model_path: str, output_dir: Path | None, seeds: list[int], images_
     model = VargptForConditionalGeneration.from_pretrained(model_path).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     combinations = held_out_combinations()
-    sampling = image_sampling_defaults(model)
+    sampling = {**image_sampling_defaults(model), **(sampling or {})}
     start = time.perf_counter()
-    generation = evaluate_generation(model, processor, combinations, seeds)
+    generation = evaluate_generation(model, processor, combinations, seeds, sampling=sampling)
     questions = evaluate_questions(model, processor, images_per_combination)
     samples = generation.pop("samples")
     report = {
@@ -200,8 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds per prompt")
     parser.add_argument("--images-per-combination", type=int, default=4, help="rendered pictures per held-out combination")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--top-k", type=int, default=None, help="instead of the model's saved image-sampling top_k")
+    parser.add_argument("--top-p", type=float, default=None, help="instead of the saved top_p")
+    parser.add_argument("--temperature", type=float, default=None, help="instead of the saved temperature")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="instead of the saved guidance scale")
     args = parser.parse_args(argv)
-    report = evaluate(args.model, args.output_dir, args.seeds, args.images_per_combination, args.device)
+    sampling = {key: value for key, value in {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
+                                              "guidance_scale": args.guidance_scale}.items() if value is not None}
+    report = evaluate(args.model, args.output_dir, args.seeds, args.images_per_combination, args.device, sampling)
     print(summary(report))
 
 

@@ -41,6 +41,7 @@ def train_from_scratch(
     warmup_ratio: float = 0.05,
     logging_steps: int = 25,
     dataloader_num_workers: int = 0,
+    use_cpu: bool = True,
 ):
     """Train all of `model` but its VQVAE on `data` (released JSONL format, image paths relative to `image_root`),
     save the model in `output_dir`, and return it."""
@@ -64,7 +65,7 @@ def train_from_scratch(
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         dataloader_num_workers=dataloader_num_workers,
-        use_cpu=True,  # the same weights on any machine: the recipe is sized for CPUs
+        use_cpu=use_cpu,  # by default the same weights on any machine: the recipe is sized for CPUs
     )
     trainer = VargptSFTTrainer(
         model=model,

@@ -97,13 +97,14 @@ def pretrain_vision_tower(
     random_color_fraction: float = 0.5,
     warmup_steps: int = 50,
     log_every: int = 250,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Train `model.model.vision_tower` in place; returns the final accuracies on fresh palette pictures."""
     config = model.config
     image_size = config.vision_config.image_size
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    probe = VisionProbe(model.model.vision_tower, config.vision_feature_layer)
+    probe = VisionProbe(model.model.vision_tower, config.vision_feature_layer).to(device)
     probe.train()
     optimizer = torch.optim.AdamW(probe.parameters(), lr=learning_rate, weight_decay=0.0)
 
@@ -117,7 +118,8 @@ def pretrain_vision_tower(
     running = []
     for step in range(steps):
         images, shapes, colors, backgrounds = labelled_batch(rng, batch_size, image_size, random_color_fraction)
-        shape_logits, color_logits, background_logits = probe(normalize(images, image_processor))
+        shapes, colors, backgrounds = shapes.to(device), colors.to(device), backgrounds.to(device)
+        shape_logits, color_logits, background_logits = probe(normalize(images, image_processor).to(device))
         loss = F.cross_entropy(shape_logits, shapes)
         if (colors != -100).any():
             loss = loss + F.cross_entropy(color_logits, colors, ignore_index=-100)
@@ -137,9 +139,10 @@ def pretrain_vision_tower(
     check_rng = random.Random(seed + 1)
     with torch.no_grad():
         images, shapes, colors, backgrounds = labelled_batch(check_rng, 256, image_size, 0.0)
-        shape_logits, color_logits, background_logits = probe(normalize(images, image_processor))
+        shape_logits, color_logits, background_logits = (
+            logits.cpu() for logits in probe(normalize(images, image_processor).to(device)))
         random_images, random_shapes, _, _ = labelled_batch(check_rng, 256, image_size, 1.0)
-        random_shape_logits = probe(normalize(random_images, image_processor))[0]
+        random_shape_logits = probe(normalize(random_images, image_processor).to(device))[0].cpu()
     metrics = {
         "shape_accuracy": (shape_logits.argmax(-1) == shapes).float().mean().item(),
         "color_accuracy": (color_logits.argmax(-1) == colors).float().mean().item(),
