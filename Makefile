@@ -39,6 +39,10 @@ DEMO_RANDOM     := $(DEMO_DIR)/random-tiny-model
 SAVE_RANDOM     := import sys; from transformers_vargpt.tiny_models import build_tiny_vargpt; \
                    model, processor = build_tiny_vargpt(); model.save_pretrained(sys.argv[1]); processor.save_pretrained(sys.argv[1])
 
+# what the independent pixel checker (image statistics, not a model) reads in the drawn picture
+READ_PICTURE    := import sys; from PIL import Image; from transformers_vargpt.shapes_world import check_image; \
+                   c = check_image(Image.open(sys.argv[1])); print(f"pixel checker: {c.color} {c.shape} on {c.background} background")
+
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
 	$(PY) -c 'from transformers_vargpt.shapes_world import Scene, render; render($(DEMO_SCENE), 64).save("$(DEMO_DIR)/yellow_triangle.png")'
@@ -49,6 +53,7 @@ demo: $(STAMP)
 	fi; \
 	set -e; \
 	$(VARGPT) generate "Draw a red circle on a blue background." -o $(DEMO_DIR)/red_circle.png --seed 0 $${model:+--model $$model}; \
+	$(PY) -c '$(READ_PICTURE)' $(DEMO_DIR)/red_circle.png; \
 	$(VARGPT) ask $(DEMO_DIR)/yellow_triangle.png "What shape is in the image?" $${model:+--model $$model}
 
 test: $(STAMP)

@@ -112,7 +112,8 @@ def load_pipeline(args: argparse.Namespace):
 
 
 def with_adapter(pipe, adapter: str):
-    """`pipe` with the PEFT adapters in `adapter` merged into its model (inference then costs nothing extra)."""
+    """`pipe` with the PEFT adapters in `adapter` merged into its model (inference then costs nothing extra), and
+    the processor saved beside the adapters, if any (a fine-tune that added words to the tokenizer saves it there)."""
     try:
         from peft import PeftModel
     except ImportError as error:
@@ -123,7 +124,12 @@ def with_adapter(pipe, adapter: str):
         adapted = PeftModel.from_pretrained(pipe.model, adapter)
     except Exception as error:  # adapters of another architecture or size, unreadable weights, ...
         raise CliError(f"cannot apply the adapters in {adapter!r} to this model: {one_line(error)}") from error
-    return VargptPipeline(model=adapted.merge_and_unload().eval(), processor=pipe.processor)
+    processor = pipe.processor
+    if os.path.isfile(os.path.join(adapter, "tokenizer_config.json")):  # adapters that taught new words ship them
+        from .processing_vargpt import VargptProcessor
+
+        processor = VargptProcessor.from_pretrained(adapter)
+    return VargptPipeline(model=adapted.merge_and_unload().eval(), processor=processor)
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -76,6 +76,7 @@ def write_shapes_world_dataset(
     answer_before_image: float = 0.5,
     questions_per_image: int = 1,
     random_color_shapes: float = 0.0,
+    palette: dict[str, tuple[int, int, int]] | None = None,
 ) -> Path:
     """Write a shuffled mix of understanding and generation rows and their PNGs; return the JSONL path.
 
@@ -94,6 +95,8 @@ def write_shapes_world_dataset(
         random_color_shapes: fraction of understanding rows that instead show the shape in random colours far from
             the palette and ask only its shape, so the shape is learned from geometry rather than from which colour
             pairs the training combinations draw with which shape.
+        palette: colour names to RGB for rendering (default: the world's `PALETTE`); must name every colour of
+            `combinations` (a fine-tune's new colours, say).
     """
     if num_understanding < 0 or num_generation < 0 or num_understanding + num_generation == 0:
         raise ValueError(f"need a positive number of rows, got {num_understanding} + {num_generation}")
@@ -127,7 +130,7 @@ def write_shapes_world_dataset(
                         {"role": "assistant", "content": scene.shape}]
             rows.append({"messages": messages, "images": [relative]})
             continue
-        render(scene, image_size).save(directory / relative)
+        render(scene, image_size, *([palette] if palette is not None else [])).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
             first = question_kinds[understanding_index % len(question_kinds)]

@@ -17,6 +17,7 @@ from ..tiny_models import VICUNA_CHAT_TEMPLATE
 from ..tokens_vargpt import ADDED_TOKENS, GENERATION_TOKENS, special_tokens_entry
 
 
+SPARE_TOKEN_ROWS = 16
 # what `to_dict` of the loaded VQVAE's config records about where it came from, not what it is
 VQVAE_PROVENANCE_KEYS = ("_name_or_path", "architectures", "transformers_version")
 
@@ -55,7 +56,9 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
                    ) -> VargptConfig:
     """The model config: `sizes` for the parts trained here, the VQVAE's own sizes for drawing."""
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ADDED_TOKENS}
-    vocab_size = (len(tokenizer) + 31) // 32 * 32
+    # a multiple of 32 with at least SPARE_TOKEN_ROWS unused rows: a fine-tune can add words to the tokenizer
+    # (examples/teach_pink_lora.py) without resizing, so its adapters load onto this very model
+    vocab_size = (len(tokenizer) + SPARE_TOKEN_ROWS + 31) // 32 * 32
     return VargptConfig(
         text_config={
             "model_type": "llama",
