@@ -41,7 +41,7 @@ SAVE_RANDOM     := import sys; from transformers_vargpt.tiny_models import build
 
 # what the independent pixel checker (image statistics, not a model) reads in the drawn picture
 READ_PICTURE    := import sys; from PIL import Image; from transformers_vargpt.shapes_world import check_image; \
-                   c = check_image(Image.open(sys.argv[1])); print(f"pixel checker: {c.color} {c.shape} on {c.background} background")
+                   c = check_image(Image.open(sys.argv[1])); q = "?"; print(f"pixel checker reads: {c.color or q} {c.shape or q} on {c.background or q} background")
 
 demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
