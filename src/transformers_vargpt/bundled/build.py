@@ -1,5 +1,5 @@
 """Reproduce the bundled model from nothing: `python -m transformers_vargpt.bundled.build --output DIR` (what
-`make bundled-model` runs). Seeded end to end; sized for two CPU cores (about 12 minutes of VQVAE, then the rest).
+`make bundled-model` runs). Seeded end to end; sized for two CPU cores (49 minutes in all on the machines here, 19 of them the VQVAE).
 
 Steps, each with the package's own code and entry points:
 
@@ -261,7 +261,8 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
 
 
 def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
-    """`recipe` with `FIELD=VALUE` changes (what `--set` takes); unknown fields and bad values are refused by name."""
+    """`recipe` with `FIELD=VALUE` changes (what `--set` takes; VALUE is read as JSON, else kept as a string);
+    unknown fields are refused by name."""
     fields = {name for name in Recipe.__dataclass_fields__ if name not in ("sizes", "stages")}
     sizes_fields = set(BundledSizes.__dataclass_fields__)
     stages = dict(recipe.stages)
