@@ -1,5 +1,6 @@
 """Reproduce the bundled model from nothing: `python -m transformers_vargpt.bundled.build --output DIR` (what
-`make bundled-model` runs). Seeded end to end; sized for two CPU cores (49 minutes in all on the machines here, 19 of them the VQVAE).
+`make bundled-model` runs). Seeded end to end; sized for two CPU cores (49 minutes in all on the machines here, 19
+of them the VQVAE).
 
 Steps, each with the package's own code and entry points:
 
