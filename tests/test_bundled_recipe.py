@@ -138,3 +138,10 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     size = model.config.vq_config.image_size
     assert image.size == (size, size)
     assert "auto_map" not in json.loads((output / "config.json").read_text())
+
+    # the evaluation with other sampling settings than the saved ones (what `evaluate --top-k ...` passes)
+    from transformers_vargpt.bundled.evaluate import evaluate
+
+    changed = evaluate(str(output), None, [0], 1, sampling={"top_k": 1, "guidance_scale": 2.0})
+    assert changed["generation"]["sampling"]["top_k"] == 1 and changed["generation"]["sampling"]["guidance_scale"] == 2.0
+    assert changed["generation"]["sampling"]["top_p"] == report["generation"]["sampling"]["top_p"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from .vision_pretraining import random_far_color
 from ..shapes_world import (
     GENERATION_PROMPTS,
+    PALETTE,
     draw,
     QUESTIONS,
     random_scene,
@@ -130,7 +131,7 @@ def write_shapes_world_dataset(
                         {"role": "assistant", "content": scene.shape}]
             rows.append({"messages": messages, "images": [relative]})
             continue
-        render(scene, image_size, *([palette] if palette is not None else [])).save(directory / relative)
+        render(scene, image_size, palette or PALETTE).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
             first = question_kinds[understanding_index % len(question_kinds)]
@@ -159,7 +160,7 @@ def write_shapes_world_dataset(
 
 def world_texts() -> list[str]:
     """Every sentence the dataset can contain (prompts, questions, answers), for building the vocabulary."""
-    from ..shapes_world import PALETTE, SHAPES
+    from ..shapes_world import SHAPES
 
     texts = [q for phrasings in QUESTION_PARAPHRASES.values() for q in phrasings] + list(QUESTIONS.values())
     for color in PALETTE:

@@ -87,7 +87,7 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
                                        **(sampling or {}))
         pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for (scene, template, seed), picture in zip(chunk, pictures):
-            checked = check_image(picture, **({"palette": palette} if palette is not None else {}))
+            checked = check_image(picture, palette or PALETTE)
             samples.append({"scene": scene, "template": template, "seed": seed, "picture": picture,
                             "checked": checked, "right": checked.matches(scene)})
     total = len(samples)
