@@ -2,7 +2,7 @@
 """
 Teach the bundled shapes-world VARGPT a colour it has never seen, pink = RGB (255, 110, 180), with LoRA adapters.
 
-    python examples/teach_pink_lora.py --output-dir runs/pink        # about 10 minutes on 2 CPU cores
+    python examples/teach_pink_lora.py --output-dir runs/pink   # sized for 15 minutes on 2 CPU cores (not yet timed)
 
 Everything is seeded and goes under `--output-dir`:
 
