@@ -64,6 +64,12 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
+    return vargpt_fast_tokenizer(tokenizer)
+
+
+def vargpt_fast_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """A `tokenizers` word-level tokenizer (`<unk> <s> </s>` in its vocabulary) as a transformers tokenizer with
+    VARGPT's special tokens, `<pad>` and the Vicuna chat template."""
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token=None
     )
@@ -139,4 +145,4 @@ def build_tiny_vargpt(seed: int = 0, **overrides):
     return model, processor
 
 
-__all__ = ["TINY_GENERATION_SIZES", "build_tiny_tokenizer", "tiny_config", "build_tiny_vargpt", "VICUNA_CHAT_TEMPLATE"]
+__all__ = ["TINY_GENERATION_SIZES", "build_tiny_tokenizer", "vargpt_fast_tokenizer", "tiny_config", "build_tiny_vargpt", "VICUNA_CHAT_TEMPLATE"]

@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from ..tiny_models import VICUNA_CHAT_TEMPLATE
-from ..tokens_vargpt import ADDED_TOKENS, PAD_TOKEN
+from ..tiny_models import vargpt_fast_tokenizer
 from .dataset import world_texts
 
 BASE_TOKENS = ["<unk>", "<s>", "</s>"]
@@ -43,13 +42,7 @@ def build_shapes_tokenizer(texts: Iterable[str] | None = None) -> PreTrainedToke
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                              special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token=None
-    )
-    fast.add_special_tokens({"additional_special_tokens": list(ADDED_TOKENS)})
-    fast.pad_token = PAD_TOKEN
-    fast.chat_template = VICUNA_CHAT_TEMPLATE
-    return fast
+    return vargpt_fast_tokenizer(tokenizer)
 
 
 __all__ = ["build_shapes_tokenizer", "vocabulary"]
