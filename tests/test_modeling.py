@@ -29,7 +29,7 @@ from conftest import (
     TINY_IMAGE_SEQ_LENGTH,
     TINY_NUM_IMAGE_GEN_TOKENS,
 )
-from transformers_vargpt import VargptForConditionalGeneration, VargptImageGenerationOutput
+from transformers_vargpt import VargptConfig, VargptForConditionalGeneration, VargptImageGenerationOutput
 from transformers_vargpt.modeling_vargpt import RELEASED_KEY_MAPPING
 
 Z_CHANNELS = 8  # vq_z_channels of the tiny config
@@ -573,3 +573,26 @@ def test_image_gen_tokens_and_image_gen_targets_are_deprecated_names(tiny_model)
         assert torch.equal(new.image_gen_targets, codes)
     with pytest.raises(ValueError, match="once"), pytest.warns(FutureWarning):
         model(**inputs, image_tokens=codes, image_gen_tokens=codes)
+
+
+def test_scale_loss_weighting_gives_every_scale_the_same_weight(tiny_model):
+    """`loss_weighting="scale"`: the image loss is the mean over scales of each scale's mean code loss; `"token"`
+    (released) the plain mean over codes. Same logits either way."""
+    model = tiny_model(seed=5)
+    prompt = [1, 40, 41, 42, IMAGE_GEN_START_ID] + [IMAGE_GEN_PAD_ID] * TINY_NUM_IMAGE_GEN_TOKENS + [IMAGE_GEN_END_ID]
+    input_ids = torch.tensor([prompt, prompt])
+    tokens = torch.randint(0, 64, (2, TINY_NUM_IMAGE_GEN_TOKENS), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        per_token = model(input_ids=input_ids, image_tokens=tokens)
+        model.config.var_config.loss_weighting = "scale"
+        per_scale = model(input_ids=input_ids, image_tokens=tokens)
+    torch.testing.assert_close(per_token.image_logits, per_scale.image_logits)
+    codes = torch.nn.functional.cross_entropy(per_token.image_logits.flatten(0, 1), tokens.flatten(), reduction="none")
+    codes = codes.view(tokens.shape)
+    torch.testing.assert_close(per_token.image_loss, codes.mean())
+    sides = model.config.vq_config.scale_sizes
+    scale_means = [part.mean() for part in codes.split([side * side for side in sides], dim=1)]
+    torch.testing.assert_close(per_scale.image_loss, torch.stack(scale_means).mean())
+    assert not torch.allclose(per_scale.image_loss, per_token.image_loss)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        VargptConfig(var_config={"loss_weighting": "pixel"})

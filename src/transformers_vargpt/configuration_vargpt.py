@@ -118,6 +118,9 @@ class VargptVQVAEConfig(PreTrainedConfig):
             )
 
 
+LOSS_WEIGHTINGS = ("token", "scale")
+
+
 class VargptVarConfig(PreTrainedConfig):
     r"""
     Configuration of VAR's next-scale decoder ([`VargptScaleDecoder`]): AdaLN transformer blocks between the LLM's
@@ -135,6 +138,10 @@ class VargptVarConfig(PreTrainedConfig):
             one); [`VargptConfig`] defaults it to `image_gen_start_token_id + 1`.
         drop_path_rate (`float`): stochastic depth of the deepest block in training (released: 0.1 * depth / 24).
         condition_dropout (`float`): probability of replacing the condition by the unconditional row in training.
+        loss_weighting (`str`): how the image loss weighs the codes: `"token"` (every code the same, as released) or
+            `"scale"` (every scale the same in total, a code of a scale of side s weighs L / (S·s²) for L codes
+            over S scales). Per token, the one code of the first scale, which fixes the picture's colours, is 1/L of
+            the loss; a small model trained from scratch learns it far sooner when scales weigh the same.
     """
 
     model_type = "vargpt_var"
@@ -149,9 +156,12 @@ class VargptVarConfig(PreTrainedConfig):
     num_classes: int | None = None
     drop_path_rate: float = 0.125
     condition_dropout: float = 0.1
+    loss_weighting: str = "token"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"var_config.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"var_config.hidden_size={self.hidden_size} must be divisible by "

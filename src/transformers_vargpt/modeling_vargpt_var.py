@@ -202,6 +202,16 @@ class VargptScaleDecoder(nn.Module):
         scale_ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scale_sizes)])
         return scale_ids, scale_ids[:, None] >= scale_ids[None, :]
 
+    def code_loss_weights(self, weighting: str) -> torch.Tensor:
+        """Weight of each code in the image loss (L,), summing to L: all ones for `"token"`; for `"scale"`,
+        L / (S·s²) for the codes of a scale of side s, so each of the S scales weighs L / S in total."""
+        if weighting == "token":
+            return torch.ones(self.num_tokens, device=self.scale_ids.device)
+        if weighting != "scale":
+            raise ValueError(f"loss weighting must be 'token' or 'scale', got {weighting!r}")
+        sides = torch.tensor(self.scale_sizes, dtype=torch.float32, device=self.scale_ids.device)
+        return self.num_tokens / (len(self.scale_sizes) * sides[self.scale_ids] ** 2)
+
     def scale_position_embed(self, scale_index: int) -> torch.Tensor:
         """Additive embedding of one scale's positions (1×s²×C): its level embedding + the absolute positions."""
         begin, end = self.scale_bounds[scale_index]

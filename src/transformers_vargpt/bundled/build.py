@@ -7,8 +7,8 @@ Steps, each with the package's own code and entry points:
 1. data: seeded shapes-world JSONL files (`bundled.dataset`) from the training combinations only;
 2. VQVAE: `python -m transformers_vargpt.training.vqvae` (or `--vqvae DIR` to reuse a trained one);
 3. a fresh VARGPT (small CLIP, small Llama, VAR decoder, that VQVAE); its CLIP tower first learns to see shapes and
-   colours on its own (`bundled.vision_pretraining`), then stage 0 trains every part but the VQVAE together
-   (`bundled.from_scratch`), since nothing here is pretrained;
+   colours on its own (`bundled.vision_pretraining`), then stage 0 trains the LLM, the projectors and the VAR decoder
+   together (`bundled.from_scratch`), since nothing here is pretrained;
 4. stages 1, 2, 3: `python -m transformers_vargpt.training --stage N ...` (= `vargpt-train`), each from the last;
 5. the output directory: weights, processor, the sampling defaults in `generation_config.json`, the evaluation on the
    held-out combinations (`bundled.evaluate`: `evaluation.json`, `samples.png`) and the model card (`README.md`).

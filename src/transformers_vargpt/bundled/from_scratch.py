@@ -1,8 +1,9 @@
-"""Stage 0 of the bundled recipe: train every part of a freshly initialised VARGPT at once (VQVAE frozen).
+"""Stage 0 of the bundled recipe: train the LLM, the projectors and the VAR decoder of a fresh VARGPT at once.
 
 The released recipe starts from a pretrained CLIP, Vicuna and VAR; nothing here is pretrained, so before stages 1–3
-(which each train only some modules) one stage teaches the vision tower, the LLM, the projectors and the VAR decoder
-together, with the same trainer, collator and losses as `vargpt-train` (`VargptSFTTrainer` with no stage preset).
+(which each train only some modules) one stage teaches the LLM, the projectors and the VAR decoder together (the
+vision tower was pre-trained on its own just before), with the same trainer, collator and losses as `vargpt-train`
+(`VargptSFTTrainer` with no stage preset).
 """
 
 from __future__ import annotations
@@ -43,10 +44,15 @@ def train_from_scratch(
     dataloader_num_workers: int = 0,
     use_cpu: bool = True,
 ):
-    """Train all of `model` but its VQVAE on `data` (released JSONL format, image paths relative to `image_root`),
-    save the model in `output_dir`, and return it."""
+    """Train all of `model` but its VQVAE and vision tower on `data` (released JSONL format, image paths relative to
+    `image_root`), save the model in `output_dir`, and return it.
+
+    The vision tower stays as `bundled.vision_pretraining` left it (frozen, as in every stage of the released
+    recipe): trained on with the LLM, it drifts towards features of the training combinations' colour pairs, and
+    answers about held-out combinations get worse."""
+    frozen = ("model.vqvae.", "model.vision_tower.")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not name.startswith("model.vqvae."))
+        parameter.requires_grad_(not name.startswith(frozen))
     args = VargptSFTConfig(
         output_dir=str(output_dir),
         max_steps=max_steps,

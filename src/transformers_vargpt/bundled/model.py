@@ -95,6 +95,9 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
             "num_attention_heads": sizes.var_heads,
             "drop_path_rate": 0.0,  # a few thousand steps on a small model: no regularisation needed
             "condition_dropout": sizes.var_cond_drop_rate,
+            # every scale the same weight in the image loss: per code, the first scales (which fix the colours) are a
+            # few codes among 130 and a model trained from scratch would learn them last
+            "loss_weighting": "scale",
         },
         tie_word_embeddings=False,
     )
