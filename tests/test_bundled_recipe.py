@@ -129,6 +129,12 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     assert set(report["questions"]) == set(QUESTIONS)
     for stage in (0, 1, 2, 3):
         assert (tmp_path / "work" / f"stage{stage}" / "model.safetensors").is_file()
+    # the VQVAE's two runs: the first, then the sharpening run started from its weights
+    first, sharpened = (json.loads((tmp_path / "work" / d / "vqvae_eval.json").read_text())
+                        for d in ("vqvae-first", "vqvae"))
+    assert first["parameters"] == sharpened["parameters"]
+    card = (output / "README.md").read_text()
+    assert f'"palette_match_rate": {json.dumps(sharpened["palette_match_rate"])}' in card  # the card's VQVAE is the last
     model = VargptForConditionalGeneration.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert model.generation_config.image_generation["top_k"] == report["generation"]["sampling"]["top_k"]
