@@ -692,8 +692,10 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
             image_logits = self.model.image_logits(pad_states, outputs.image_gen_condition)
             image_targets = outputs.image_tokens.flatten().to(image_logits.device)
             code_losses = F.cross_entropy(image_logits.float().flatten(0, 1), image_targets, reduction="none")
-            weights = self.model.scale_decoder.code_loss_weights(self.config.var_config.loss_weighting)
-            image_total = (code_losses.view(outputs.image_tokens.shape) * weights.to(code_losses.device)).sum()
+            if self.config.var_config.loss_weighting == "scale":
+                weights = self.model.scale_decoder.scale_loss_weights().to(code_losses.device)
+                code_losses = code_losses.view(outputs.image_tokens.shape) * weights
+            image_total = code_losses.sum()
             image_count = image_targets.numel() if image_count is None else image_count
             image_loss = image_total / torch.as_tensor(image_count, device=image_total.device).clamp(min=1)
         if labels is not None or shift_labels is not None:

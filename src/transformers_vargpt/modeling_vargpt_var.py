@@ -202,13 +202,9 @@ class VargptScaleDecoder(nn.Module):
         scale_ids = torch.cat([torch.full((s * s,), i) for i, s in enumerate(self.scale_sizes)])
         return scale_ids, scale_ids[:, None] >= scale_ids[None, :]
 
-    def code_loss_weights(self, weighting: str) -> torch.Tensor:
-        """Weight of each code in the image loss (L,), summing to L: all ones for `"token"`; for `"scale"`,
-        L / (S·s²) for the codes of a scale of side s, so each of the S scales weighs L / S in total."""
-        if weighting == "token":
-            return torch.ones(self.num_tokens, device=self.scale_ids.device)
-        if weighting != "scale":
-            raise ValueError(f"loss weighting must be 'token' or 'scale', got {weighting!r}")
+    def scale_loss_weights(self) -> torch.Tensor:
+        """Weight of each code in a scale-weighted image loss (L,), summing to L: L / (S·s²) for the codes of a scale
+        of side s, so each of the S scales weighs L / S in total (`var_config.loss_weighting="scale"`)."""
         sides = torch.tensor(self.scale_sizes, dtype=torch.float32, device=self.scale_ids.device)
         return self.num_tokens / (len(self.scale_sizes) * sides[self.scale_ids] ** 2)
 
