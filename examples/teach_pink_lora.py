@@ -139,7 +139,7 @@ def evaluate(model, processor, seed: int = 0, limit: int | None = None) -> dict:
                 continue
             answers = answer_questions(model, processor, [image for _, image in asked], QUESTIONS[kind])
             right = [answer_is_right(kind, answer, scene) for answer, (scene, _) in zip(answers, asked)]
-            per_kind[kind] = {"num_images": len(right), "accuracy": sum(right) / max(1, len(right))}
+            per_kind[kind] = {"num_images": len(right), "accuracy": sum(right) / len(right)}
         results[name] = per_kind
     return results
 
@@ -160,6 +160,11 @@ def before_after_grid(before: list[dict], after: list[dict], cell: int = 96) -> 
             draw.text((60 + column * cell + 4, y + cell - 2), f"{scene.color}/{scene.background} {mark}",
                       fill="darkgreen" if sample["right"] else "red")
     return grid
+
+
+def shown_samples(results: dict, count: int = 8) -> list[dict]:
+    """The first pictures of the held-out pink prompts (of the training ones when `--eval-limit` left none)."""
+    return (results["pink_generation_held_out"]["samples"] or results["pink_generation"]["samples"])[:count]
 
 
 def summary_numbers(results: dict) -> dict:
@@ -224,10 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
               "arguments": {k: str(v) for k, v in vars(args).items()}}
     if before is not None:
         report["before"] = summary_numbers(before)
-        shown = slice(0, 8)
-        before_after_grid(before["pink_generation_held_out"]["samples"][shown] or before["pink_generation"]["samples"][shown],
-                          after["pink_generation_held_out"]["samples"][shown] or after["pink_generation"]["samples"][shown]
-                          ).save(output / "before_after.png")
+        before_after_grid(shown_samples(before), shown_samples(after)).save(output / "before_after.png")
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -145,4 +145,5 @@ def build_tiny_vargpt(seed: int = 0, **overrides):
     return model, processor
 
 
-__all__ = ["TINY_GENERATION_SIZES", "build_tiny_tokenizer", "vargpt_fast_tokenizer", "tiny_config", "build_tiny_vargpt", "VICUNA_CHAT_TEMPLATE"]
+__all__ = ["TINY_GENERATION_SIZES", "build_tiny_tokenizer", "vargpt_fast_tokenizer", "tiny_config", "build_tiny_vargpt",
+           "VICUNA_CHAT_TEMPLATE"]

@@ -77,7 +77,7 @@ def write_shapes_world_dataset(
     answer_before_image: float = 0.5,
     questions_per_image: int = 1,
     random_color_shapes: float = 0.0,
-    palette: dict[str, tuple[int, int, int]] | None = None,
+    palette: dict[str, tuple[int, int, int]] = PALETTE,
 ) -> Path:
     """Write a shuffled mix of understanding and generation rows and their PNGs; return the JSONL path.
 
@@ -131,7 +131,7 @@ def write_shapes_world_dataset(
                         {"role": "assistant", "content": scene.shape}]
             rows.append({"messages": messages, "images": [relative]})
             continue
-        render(scene, image_size, palette or PALETTE).save(directory / relative)
+        render(scene, image_size, palette).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
             first = question_kinds[understanding_index % len(question_kinds)]

@@ -66,7 +66,7 @@ def answer_is_right(kind: str, answer: str, scene: Scene) -> bool:
 
 @torch.no_grad()
 def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24,
-                        sampling: dict | None = None, palette: dict | None = None) -> dict:
+                        sampling: dict | None = None, palette: dict = PALETTE) -> dict:
     """Draw every combination × phrasing × seed with the model's default sampling (or `sampling`'s changes to it:
     top_k, top_p, temperature, guidance_scale, do_sample); check each picture's pixels against `palette` (default:
     the world's). Returns counts and samples."""
@@ -87,7 +87,7 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
                                        **(sampling or {}))
         pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for (scene, template, seed), picture in zip(chunk, pictures):
-            checked = check_image(picture, palette or PALETTE)
+            checked = check_image(picture, palette)
             samples.append({"scene": scene, "template": template, "seed": seed, "picture": picture,
                             "checked": checked, "right": checked.matches(scene)})
     total = len(samples)
