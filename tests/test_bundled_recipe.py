@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from transformers_vargpt.bundled.dataset import write_shapes_world_dataset
+import numpy as np
+
+from transformers_vargpt.bundled.dataset import DRAWING_BOX, scaled_box, write_shapes_world_dataset
 from transformers_vargpt.bundled.evaluate import answer_is_right, normalize_answer
 from transformers_vargpt.bundled.tokenizer import build_shapes_tokenizer
 from transformers_vargpt.shapes_world import (
@@ -18,6 +20,7 @@ from transformers_vargpt.shapes_world import (
     Scene,
     check_image,
     held_out_combinations,
+    render,
     training_combinations,
 )
 from transformers_vargpt.training import load_vargpt_dataset
@@ -43,9 +46,11 @@ def test_dataset_is_seeded_held_out_free_and_in_the_released_format(tmp_path):
     rows = [json.loads(line) for line in first.read_text().splitlines()]
     held = set(held_out_combinations())
     kinds = {"understanding": 0, "generation": 0}
+    pictures_in_drawing_box = {"understanding": 0, "generation": 0}
     for row in rows:
         assert len(row["images"]) == 1
-        picture = check_image(Image.open(tmp_path / "a" / row["images"][0]))
+        pixels = np.asarray(Image.open(tmp_path / "a" / row["images"][0]).convert("RGB"))
+        picture = check_image(pixels)
         combination = (picture.color, picture.shape, picture.background)
         assert combination not in held and None not in combination
         if row["messages"][0]["content"].startswith("<image>"):
@@ -58,9 +63,27 @@ def test_dataset_is_seeded_held_out_free_and_in_the_released_format(tmp_path):
             kinds["generation"] += 1
             assert row["messages"][1]["content"].endswith("<image_gen>")
             assert _words(row) == combination  # the picture is what the prompt asks for
+        # pictures to draw put the shape in the drawing box; pictures to read anywhere
+        in_box = render(Scene(picture.shape, picture.color, picture.background, DRAWING_BOX), 64)
+        kind = "understanding" if row["messages"][0]["content"].startswith("<image>") else "generation"
+        pictures_in_drawing_box[kind] += int(np.array_equal(pixels, np.asarray(in_box)))
     assert kinds == {"understanding": 40, "generation": 40}
+    assert pictures_in_drawing_box["generation"] == 40 and pictures_in_drawing_box["understanding"] < 5
     dataset = load_vargpt_dataset(str(first), tmp_path / "a")  # what vargpt-train reads
     assert len(dataset) == 80
+
+
+def test_drawing_box_anywhere_and_at_other_sizes(tmp_path):
+    path = write_shapes_world_dataset(tmp_path, 0, 12, seed=1, drawing_box=None)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    boxes = set()
+    for row in rows:
+        mask = np.asarray(Image.open(tmp_path / row["images"][0]).convert("RGB")).astype(int)
+        mask = np.abs(mask - mask[0, 0]).sum(-1) > 0
+        boxes.add((mask.any(0).argmax(), mask.any(1).argmax()))
+    assert len(boxes) > 6  # shapes anywhere
+    assert scaled_box(DRAWING_BOX, 64) == DRAWING_BOX
+    assert scaled_box((14, 14, 49, 49), 128) == (28, 28, 99, 99)  # same place, same 56 % of the side
 
 
 def test_dataset_rejects_bad_arguments(tmp_path):

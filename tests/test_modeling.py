@@ -596,3 +596,36 @@ def test_scale_loss_weighting_gives_every_scale_the_same_weight(tiny_model):
     assert not torch.allclose(per_scale.image_loss, per_token.image_loss)
     with pytest.raises(ValueError, match="loss_weighting"):
         VargptConfig(var_config={"loss_weighting": "pixel"})
+
+
+def test_input_code_noise_changes_training_inputs_only(tiny_model):
+    """`input_code_noise`: in training, some teacher-forced input codes are random (seeded by torch's RNG, like
+    dropout); the targets stay the true codes, and evaluation is untouched."""
+    model = tiny_model(seed=5)
+    for block in model.model.scale_decoder.blocks:  # no other randomness in training mode
+        block.drop_path_rate = 0.0
+    model.config.var_config.condition_dropout = 0.0
+    prompt = [1, 40, 41, 42, IMAGE_GEN_START_ID] + [IMAGE_GEN_PAD_ID] * TINY_NUM_IMAGE_GEN_TOKENS + [IMAGE_GEN_END_ID]
+    input_ids = torch.tensor([prompt, prompt])
+    tokens = torch.randint(0, 64, (2, TINY_NUM_IMAGE_GEN_TOKENS), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.train()
+        clean = model(input_ids=input_ids, image_tokens=tokens)
+        model.config.var_config.input_code_noise = 0.5
+        torch.manual_seed(0)
+        noisy = model(input_ids=input_ids, image_tokens=tokens)
+        torch.manual_seed(0)
+        again = model(input_ids=input_ids, image_tokens=tokens)
+        model.eval()
+        evaluated = model(input_ids=input_ids, image_tokens=tokens)
+        model.config.var_config.input_code_noise = 0.0
+        evaluated_clean = model(input_ids=input_ids, image_tokens=tokens)
+    assert torch.equal(noisy.image_tokens, tokens) and torch.equal(clean.image_tokens, tokens)
+    # the first scale's input is the condition alone: its logits cannot change; later scales' do
+    first = model.config.vq_config.scale_sizes[0] ** 2
+    torch.testing.assert_close(noisy.image_logits[:, :first], clean.image_logits[:, :first])
+    assert not torch.allclose(noisy.image_logits[:, first:], clean.image_logits[:, first:])
+    torch.testing.assert_close(noisy.image_logits, again.image_logits)
+    torch.testing.assert_close(evaluated.image_logits, evaluated_clean.image_logits)
+    with pytest.raises(ValueError, match="input_code_noise"):
+        VargptConfig(var_config={"input_code_noise": 1.0})

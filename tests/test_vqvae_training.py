@@ -52,6 +52,22 @@ def test_training_batches_mix_palette_and_random_colors():
         assert (colors <= palette) is expect_palette
 
 
+def test_a_share_of_training_scenes_can_be_drawn_in_a_fixed_box():
+    box = (4, 4, 11, 11)
+    for fraction in (1.0, 0.0):
+        images = training_batch(random.Random(2), 8, IMAGE_SIZE, 0.5, fixed_box=box, fixed_box_fraction=fraction)
+        pixels = images.permute(0, 2, 3, 1)
+        # everything outside the box is background (the corner's colour) exactly when every scene is in the box
+        outside = torch.ones(IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool)
+        outside[4:12, 4:12] = False
+        only_background = [bool((p[outside] == p[0, 0]).all()) for p in pixels]
+        assert all(only_background) if fraction == 1.0 else not all(only_background)
+    with pytest.raises(ValueError, match="needs --fixed_box"):
+        VQVAETrainingArguments(output="x", fixed_box_fraction=0.5)
+    with pytest.raises(ValueError, match="must lie inside"):
+        VQVAETrainingArguments(output="x", image_size=16, fixed_box=[4, 4, 16, 10], fixed_box_fraction=0.5)
+
+
 def test_training_path_codes_equal_inference_codes():
     torch.manual_seed(0)
     model = VargptVQVAE(tiny_config())
@@ -150,6 +166,7 @@ def test_cli_trains_saves_and_evaluates(tmp_path):
         "--channel-multipliers", "1", "1", "--vocab-size", "32", "--z-channels", "8", "--steps", "2",
         "--batch-size", "2", "--warmup-steps", "1", "--restart-every", "1", "--final-steps-without-restarts", "0",
         "--eval-scenes", "3", "--eval-random-color-scenes", "2", "--log-every", "1",
+        "--fixed-box", "4", "4", "11", "11", "--fixed-box-fraction", "0.5",
     ]  # fmt: skip
     results = main(argv)
     reloaded = VargptVQVAE.from_pretrained(output)
@@ -158,6 +175,7 @@ def test_cli_trains_saves_and_evaluates(tmp_path):
     assert saved["palette_scenes"] == 3 and saved["arguments"]["steps"] == 2
     assert 0.0 <= saved["palette_match_rate"] <= 1.0 and 0 < saved["codebook_usage"] <= 1.0
     assert np.isfinite(saved["random_color_shape_error_mean"]) and saved == json.loads(json.dumps(results))
+    assert saved["fixed_box"] == [4, 4, 11, 11] and 0.0 <= saved["fixed_box_match_rate"] <= 1.0
 
     again = main(["--output", str(output), "--eval-only", "--eval-scenes", "3", "--eval-random-color-scenes", "2"])
     assert again["mean_abs_pixel_error"] == pytest.approx(results["mean_abs_pixel_error"], abs=1e-6)

@@ -142,6 +142,10 @@ class VargptVarConfig(PreTrainedConfig):
             `"scale"` (every scale the same in total, a code of a scale of side s weighs L / (S·s²) for L codes
             over S scales). Per token, the one code of the first scale, which fixes the picture's colours, is 1/L of
             the loss; a small model trained from scratch learns it far sooner when scales weigh the same.
+        input_code_noise (`float`): in training, the probability that a teacher-forced input code (what a scale is
+            built from, not the target) is replaced by a uniformly random one; 0 as released. Teacher forcing shows
+            the model its earlier scales always right, so it learns to read the picture's colours from them rather
+            than from the prompt; with noise it must use the prompt, which is what carries a combination never seen.
     """
 
     model_type = "vargpt_var"
@@ -157,9 +161,12 @@ class VargptVarConfig(PreTrainedConfig):
     drop_path_rate: float = 0.125
     condition_dropout: float = 0.1
     loss_weighting: str = "token"
+    input_code_noise: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not 0.0 <= self.input_code_noise < 1.0:
+            raise ValueError(f"var_config.input_code_noise must be in [0, 1), got {self.input_code_noise}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"var_config.loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         if self.hidden_size % self.num_attention_heads:

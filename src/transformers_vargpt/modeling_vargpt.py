@@ -447,8 +447,16 @@ class VargptModel(VargptPreTrainedModel):
     def image_gen_embeddings(
         self, image_tokens: torch.LongTensor, condition: torch.Tensor
     ) -> torch.Tensor:
-        """Teacher forcing: code indices (N×L) and condition (N×C) → LLM input embeddings of the pads (N×L×H)."""
+        """Teacher forcing: code indices (N×L) and condition (N×C) → LLM input embeddings of the pads (N×L×H).
+
+        In training, `var_config.input_code_noise` of the codes the inputs are built from are replaced by random ones
+        (the targets stay `image_tokens`)."""
         quantizer = self.vqvae.quantizer
+        noise = self.config.var_config.input_code_noise
+        if self.training and noise > 0:
+            replaced = torch.rand(image_tokens.shape, device=image_tokens.device) < noise
+            random_codes = torch.randint_like(image_tokens, self.config.vq_config.vocab_size)
+            image_tokens = torch.where(replaced, random_codes, image_tokens)
         next_inputs = quantizer.next_scale_inputs(quantizer.split_scales(image_tokens))
         var_inputs = self.scale_decoder.teacher_forcing_input(condition, next_inputs.to(condition.dtype))
         return self.gen_input_projector(var_inputs)

@@ -1,6 +1,6 @@
 """Reproduce the bundled model from nothing: `python -m transformers_vargpt.bundled.build --output DIR` (what
-`make bundled-model` runs). Seeded end to end; sized for two CPU cores (about an hour on the machines here: the
-VQVAE's two runs 19 and 7-11 minutes, the rest 33).
+`make bundled-model` runs). Seeded end to end; sized for two CPU cores (at most an hour on the machines here: the
+VQVAE's two runs about 20 minutes, the rest about 37).
 
 Steps, each with the package's own code and entry points:
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .dataset import DRAWING_BOX, scaled_box
 from .model import BundledSizes
 
 logger = logging.getLogger("transformers_vargpt.bundled")
@@ -68,17 +69,20 @@ class Recipe:
     # position's code is easier for the generator to predict; a fifth of the scenes in random colours (half made
     # palette reconstructions markedly worse for the same steps)
     vqvae_args: tuple[str, ...] = ("--vocab_size", "128", "--random_color_fraction", "0.2", "--learning_rate", "1e-3",
-                                   "--steps", "4000", "--batch_size", "16", "--log_every", "250")
+                                   "--steps", "3000", "--batch_size", "16", "--log_every", "250")
     # then a second run from the first's weights (`--init_from`) with the edge loss weighted 3: blurred corners and
     # apexes are what makes a reconstructed square or triangle read as a circle (84% of palette scenes read right
     # after the first run, 89% after this one). Weighted 3 from the start, the colours are learnt far more slowly.
+    # Half its scenes are drawn in the drawing box (below), where every picture the model draws has its shape.
     # Empty: no second run.
-    vqvae_sharpen_args: tuple[str, ...] = ("--steps", "1500", "--learning_rate", "5e-4", "--warmup_steps", "20",
+    vqvae_sharpen_args: tuple[str, ...] = ("--steps", "1000", "--learning_rate", "5e-4", "--warmup_steps", "20",
                                            "--edge_loss_weight", "3", "--random_color_fraction", "0.2",
-                                           "--log_every", "250")
+                                           "--fixed_box_fraction", "0.5", "--log_every", "250")
+    # where generation rows draw the shape (`bundled.dataset.DRAWING_BOX`); pictures to read have it anywhere
+    drawing_box: tuple[int, int, int, int] = DRAWING_BOX
     # data: understanding / generation rows of the mixed file, rows of the generation-only file
-    mixed_understanding: int = 12000
-    mixed_generation: int = 12000
+    mixed_understanding: int = 8000
+    mixed_generation: int = 16000
     generation_only: int = 8000
     questions_per_image: int = 4
     random_color_shapes: float = 0.2
@@ -87,18 +91,19 @@ class Recipe:
     vision_batch_size: int = 64
     vision_learning_rate: float = 2e-3
     batch_size: int = 32
-    stage0_steps: int = 1600
+    stage0_steps: int = 1900
     stage0_learning_rate: float = 1e-3
     stages: tuple[tuple[int, StageSettings], ...] = (
-        (1, StageSettings("generation", 80, 5e-4)),
-        (2, StageSettings("mixed", 250, 3e-4)),
-        (3, StageSettings("generation", 400, 3e-4)),
+        (1, StageSettings("generation", 40, 5e-4)),
+        (2, StageSettings("mixed", 200, 3e-4)),
+        (3, StageSettings("generation", 300, 3e-4)),
     )
     # image sampling defaults saved in generation_config.json's `image_generation` (what `generate_images`, the
-    # pipeline and `vargpt generate` use): few candidate codes per position, so pictures stay clean
+    # pipeline and `vargpt generate` use): few candidate codes per position, so pictures stay clean (top-k 3, top-p
+    # 0.6 drew 47% of held-out prompts right where top-k 5, top-p 0.8 drew 40%, in a generation-only trial run)
     do_sample: bool = True
-    top_k: int = 5
-    top_p: float = 0.8
+    top_k: int = 3
+    top_p: float = 0.6
     temperature: float = 1.0
     guidance_scale: float = 1.0
     # evaluation
@@ -113,7 +118,7 @@ class Recipe:
                         "--channel_multipliers", "1", "1", "1", "1", "1", "--vocab_size", "32",
                         "--eval_scenes", "8", "--eval_random_color_scenes", "4"),
             vqvae_sharpen_args=("--steps", "2", "--batch_size", "4", "--edge_loss_weight", "3", "--eval_scenes", "8",
-                                "--eval_random_color_scenes", "4"),
+                                "--eval_random_color_scenes", "4", "--fixed_box_fraction", "0.5"),
             mixed_understanding=16,
             mixed_generation=16,
             generation_only=8,
@@ -135,10 +140,11 @@ def write_data(recipe: Recipe, data_dir: Path, seed: int) -> dict[str, Path]:
         "mixed": write_shapes_world_dataset(
             data_dir, recipe.mixed_understanding, recipe.mixed_generation, recipe.image_size, seed=seed,
             filename="mixed.jsonl", questions_per_image=recipe.questions_per_image,
-            random_color_shapes=recipe.random_color_shapes,
+            random_color_shapes=recipe.random_color_shapes, drawing_box=recipe.drawing_box,
         ),
         "generation": write_shapes_world_dataset(
             data_dir, 0, recipe.generation_only, recipe.image_size, seed=seed + 1, filename="generation.jsonl",
+            drawing_box=recipe.drawing_box,
         ),
     }
 
@@ -157,9 +163,10 @@ def train_vqvae(recipe: Recipe, output: Path, seed: int, device: str = "cpu") ->
                ["--output", str(first), "--image_size", str(recipe.image_size), "--seed", str(seed),
                 "--device", device, *recipe.vqvae_args])
     if recipe.vqvae_sharpen_args:
+        box = [str(v) for v in scaled_box(recipe.drawing_box, recipe.image_size)]
         run_module("transformers_vargpt.training.vqvae",
                    ["--output", str(output), "--init_from", str(first), "--seed", str(seed), "--device", device,
-                    *recipe.vqvae_sharpen_args])
+                    "--fixed_box", *box, *recipe.vqvae_sharpen_args])
     return output
 
 

@@ -8,7 +8,10 @@
   paraphrases, one question or several in turn;
 - generation rows ask for a picture in one of the world's prompt phrasings; the answer draws it (`<image_gen>` in
   the assistant turn), sometimes after a sentence saying what it draws, sometimes at once (as the pipeline and the
-  `vargpt generate` command prompt it: `ASSISTANT:` directly followed by `<|image_gen_start|>`).
+  `vargpt generate` command prompt it: `ASSISTANT:` directly followed by `<|image_gen_start|>`). The pictures to
+  draw put the shape in one fixed box (`DRAWING_BOX`, centred, 56 % of the side): the prompt then fixes every code
+  of the picture, and a small generator learns to draw each combination in a few thousand examples, where shapes
+  anywhere took many times more. Pictures to read have the shape anywhere, as the world allows.
 
 Only `training_combinations()` appear; `held_out_combinations()` are reserved for evaluation.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from .vision_pretraining import random_far_color
@@ -50,6 +54,8 @@ PROMPT_PARAPHRASES: tuple[str, ...] = GENERATION_PROMPTS + (
 )
 GENERATION_ANSWER = "Here is a {color} {shape} on a {background} background."
 KINDS = ("understanding", "generation")
+# where generation rows draw the shape in a 64×64 picture (left, top, right, bottom, inclusive): centred, side 36 px
+DRAWING_BOX = (14, 14, 49, 49)
 
 
 def _question(rng: random.Random, kind: str) -> str:
@@ -78,6 +84,7 @@ def write_shapes_world_dataset(
     questions_per_image: int = 1,
     random_color_shapes: float = 0.0,
     palette: dict[str, tuple[int, int, int]] = PALETTE,
+    drawing_box: tuple[int, int, int, int] | None = DRAWING_BOX,
 ) -> Path:
     """Write a shuffled mix of understanding and generation rows and their PNGs; return the JSONL path.
 
@@ -98,6 +105,8 @@ def write_shapes_world_dataset(
             pairs the training combinations draw with which shape.
         palette: colour names to RGB for rendering (default: the world's `PALETTE`); must name every colour of
             `combinations` (a fine-tune's new colours, say).
+        drawing_box: the box generation rows draw the shape in (default `DRAWING_BOX` for 64×64 pictures, scaled to
+            `image_size`); None draws it anywhere, like the pictures to read.
     """
     if num_understanding < 0 or num_generation < 0 or num_understanding + num_generation == 0:
         raise ValueError(f"need a positive number of rows, got {num_understanding} + {num_generation}")
@@ -105,6 +114,8 @@ def write_shapes_world_dataset(
         raise ValueError(f"questions_per_image must be in [1, {len(QUESTIONS)}], got {questions_per_image}")
     if not 0.0 <= answer_before_image <= 1.0:
         raise ValueError(f"answer_before_image must be in [0, 1], got {answer_before_image}")
+    if drawing_box is not None:
+        drawing_box = scaled_box(drawing_box, image_size)
     combinations = list(combinations if combinations is not None else training_combinations())
     if not combinations:
         raise ValueError("no combinations to draw from")
@@ -131,6 +142,8 @@ def write_shapes_world_dataset(
                         {"role": "assistant", "content": scene.shape}]
             rows.append({"messages": messages, "images": [relative]})
             continue
+        if kind == "generation" and drawing_box is not None:
+            scene = replace(scene, box=drawing_box)
         render(scene, image_size, palette).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
@@ -158,6 +171,14 @@ def write_shapes_world_dataset(
     return path
 
 
+def scaled_box(box: tuple[int, int, int, int], image_size: int, reference_size: int = 64) -> tuple[int, int, int, int]:
+    """`box` (pixels of a `reference_size` picture, inclusive) at the same place and size in an `image_size` one."""
+    if image_size == reference_size:
+        return tuple(box)
+    left, top, right, bottom = (round(v * image_size / reference_size) for v in (box[0], box[1], box[2] + 1, box[3] + 1))
+    return (left, top, right - 1, bottom - 1)
+
+
 def world_texts() -> list[str]:
     """Every sentence the dataset can contain (prompts, questions, answers), for building the vocabulary."""
     from ..shapes_world import SHAPES
@@ -173,5 +194,5 @@ def world_texts() -> list[str]:
     return texts
 
 
-__all__ = ["KINDS", "QUESTION_PARAPHRASES", "PROMPT_PARAPHRASES", "GENERATION_ANSWER",
+__all__ = ["KINDS", "DRAWING_BOX", "scaled_box", "QUESTION_PARAPHRASES", "PROMPT_PARAPHRASES", "GENERATION_ANSWER",
            "write_shapes_world_dataset", "world_texts"]

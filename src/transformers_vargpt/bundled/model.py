@@ -40,6 +40,8 @@ class BundledSizes:
     var_depth: int = 3
     var_heads: int = 4
     var_cond_drop_rate: float = 0.1
+    # share of teacher-forced input codes replaced by random ones in training (`var_config.input_code_noise`)
+    var_input_code_noise: float = 0.2
 
     @classmethod
     def smoke(cls) -> "BundledSizes":
@@ -98,6 +100,9 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
             # every scale the same weight in the image loss: per code, the first scales (which fix the colours) are a
             # few codes among 130 and a model trained from scratch would learn them last
             "loss_weighting": "scale",
+            # without it the decoder reads the colours from the earlier scales, which teacher forcing always shows
+            # right, and draws a held-out combination like the training ones whose first codes it shares
+            "input_code_noise": sizes.var_input_code_noise,
         },
         tie_word_embeddings=False,
     )

@@ -43,7 +43,10 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
 A small VARGPT trained from nothing by this repository (`make bundled-model`, seed {report['seed']}) on the shapes
 world (`transformers_vargpt.shapes_world`): a solid background of one of eight colours and one filled circle, square
 or triangle of another. It draws what it is asked ("Draw a red circle on a blue background.") and answers questions
-about such pictures ("What shape is in the image?"). It knows nothing else.
+about such pictures ("What shape is in the image?"). It knows nothing else. It reads pictures with the shape anywhere
+and draws the shape in one place: centred, {recipe['drawing_box'][2] - recipe['drawing_box'][0] + 1} px of the
+{recipe['image_size']} px side (`bundled.dataset.DRAWING_BOX`), which is what lets a model this small, trained this
+briefly, learn to draw every combination.
 
 Load it offline with the package installed:
 

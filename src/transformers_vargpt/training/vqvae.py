@@ -49,7 +49,7 @@ from transformers import HfArgumentParser
 
 from ..configuration_vargpt import VargptVQVAEConfig
 from ..modeling_vargpt_vqvae import MultiScaleQuantizer, VargptVQVAE
-from ..shapes_world import PALETTE, SHAPES, all_combinations, check_image, draw, random_box, random_scene
+from ..shapes_world import PALETTE, SHAPES, Scene, all_combinations, check_image, draw, random_box, random_scene
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,15 @@ class VQVAETrainingArguments:
     random_color_fraction: float = field(
         default=0.5, metadata={"help": "Share of training scenes in uniformly random RGB colours (else palette)."}
     )
+    fixed_box: list[int] | None = field(
+        default=None,
+        metadata={"help": "Left, top, right, bottom (pixels, inclusive) of a box a share of the scenes is drawn in "
+                          "(--fixed_box_fraction): where a generator trained on such pictures draws, so that the "
+                          "VQVAE reconstructs shapes there most sharply."},
+    )
+    fixed_box_fraction: float = field(
+        default=0.0, metadata={"help": "Share of training scenes (palette and random-colour) drawn in --fixed_box."}
+    )
     codebook_ema_decay: float = field(
         default=0.99,
         metadata={"help": "Codebook as running means (k-means) of the residual vectors each code is chosen for, with "
@@ -120,6 +129,19 @@ class VQVAETrainingArguments:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.random_color_fraction <= 1.0:
             raise ValueError(f"random_color_fraction must be in [0, 1], got {self.random_color_fraction}")
+        if not 0.0 <= self.fixed_box_fraction <= 1.0:
+            raise ValueError(f"fixed_box_fraction must be in [0, 1], got {self.fixed_box_fraction}")
+        if self.fixed_box_fraction > 0 and self.fixed_box is None:
+            raise ValueError("fixed_box_fraction > 0 needs --fixed_box LEFT TOP RIGHT BOTTOM")
+        if self.fixed_box is not None:
+            if len(self.fixed_box) != 4:
+                raise ValueError(f"fixed_box must be 4 numbers (left top right bottom), got {self.fixed_box}")
+            left, top, right, bottom = self.fixed_box
+            if not (0 <= left < right < self.image_size and 0 <= top < bottom < self.image_size):
+                raise ValueError(
+                    f"fixed_box {self.fixed_box} must lie inside the {self.image_size}x{self.image_size} image with "
+                    "left < right and top < bottom"
+                )
         if not 0.0 <= self.codebook_ema_decay < 1.0:
             raise ValueError(f"codebook_ema_decay must be in [0, 1), got {self.codebook_ema_decay}")
         if self.restart_every < 1:
@@ -140,14 +162,18 @@ class VQVAETrainingArguments:
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
-def random_color_scene_image(rng: random.Random, image_size: int, min_distance: float = 40.0) -> Image.Image:
-    """A world shape and box in uniformly random RGB shape / background colours at least `min_distance` apart."""
+def random_color_scene_image(
+    rng: random.Random, image_size: int, min_distance: float = 40.0, box: tuple[int, int, int, int] | None = None
+) -> Image.Image:
+    """A world shape in uniformly random RGB shape / background colours at least `min_distance` apart, in `box`
+    (default: a random world box)."""
     while True:
         fill = tuple(rng.randrange(256) for _ in range(3))
         background = tuple(rng.randrange(256) for _ in range(3))
         if math.dist(fill, background) >= min_distance:
             break
-    return draw(rng.choice(SHAPES), random_box(rng, image_size), fill, background, image_size)
+    shape = rng.choice(SHAPES)
+    return draw(shape, box or random_box(rng, image_size), fill, background, image_size)
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -161,16 +187,26 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def training_batch(rng: random.Random, batch_size: int, image_size: int, random_color_fraction: float) -> torch.Tensor:
-    """A batch of freshly rendered training images (B×3×H×W in [-1, 1]): palette scenes and random-colour scenes."""
+def training_batch(
+    rng: random.Random,
+    batch_size: int,
+    image_size: int,
+    random_color_fraction: float,
+    fixed_box: tuple[int, int, int, int] | None = None,
+    fixed_box_fraction: float = 0.0,
+) -> torch.Tensor:
+    """A batch of freshly rendered training images (B×3×H×W in [-1, 1]): palette scenes and random-colour scenes,
+    a `fixed_box_fraction` share of them drawn in `fixed_box`."""
     combinations = all_combinations()
     images = []
     for _ in range(batch_size):
+        box = fixed_box if fixed_box is not None and rng.random() < fixed_box_fraction else None
         if rng.random() < random_color_fraction:
-            images.append(random_color_scene_image(rng, image_size))
+            images.append(random_color_scene_image(rng, image_size, box=box))
         else:
             scene = random_scene(rng, image_size, combinations)
-            images.append(draw(scene.shape, scene.box, PALETTE[scene.color], PALETTE[scene.background], image_size))
+            images.append(draw(scene.shape, box or scene.box, PALETTE[scene.color], PALETTE[scene.background],
+                               image_size))
     return images_to_tensor(images)
 
 
@@ -314,6 +350,7 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
         args.steps,
         args.batch_size,
     )
+    fixed_box = tuple(args.fixed_box) if args.fixed_box is not None else None
     running: dict[str, float] = {}
     restarted = 0
     start = time.perf_counter()
@@ -321,7 +358,8 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, args)
-        pixels = training_batch(rng, args.batch_size, model.config.image_size, args.random_color_fraction)
+        pixels = training_batch(rng, args.batch_size, model.config.image_size, args.random_color_fraction,
+                                fixed_box, args.fixed_box_fraction)
         pixels = pixels.to(args.device)
         losses, indices, vectors = vqvae_training_losses(model, pixels, args.commitment_weight)
         loss = (
@@ -383,14 +421,19 @@ def reconstruct(model: VargptVQVAE, images: torch.Tensor, batch_size: int = 50) 
 
 
 def evaluate_vqvae(
-    model: VargptVQVAE, num_scenes: int = 500, num_random_color_scenes: int = 200, seed: int = 12345
+    model: VargptVQVAE,
+    num_scenes: int = 500,
+    num_random_color_scenes: int = 200,
+    seed: int = 12345,
+    fixed_box: tuple[int, int, int, int] | None = None,
 ) -> dict:
     """Reconstruction quality on freshly rendered scenes (seeded), through the inference path.
 
     Palette scenes: share whose reconstruction `check_image` reads as the scene (shape, colour and background), mean
     absolute pixel error (0–255), codebook usage (share of codes chosen at any scale). Random-colour scenes (colours
     ≥ 100 apart): median reconstructed shape / background colour's RGB distance to the true one (mean and maximum)
-    and the share `check_image` reads right against a two-colour palette of the true colours.
+    and the share `check_image` reads right against a two-colour palette of the true colours. With `fixed_box`:
+    the share read right of every palette combination drawn in that box.
     """
     model.eval()
     size = model.config.image_size
@@ -426,6 +469,13 @@ def evaluate_vqvae(
         "codes_used": used,
         "random_color_scenes": num_random_color_scenes,
     }
+    if fixed_box is not None:
+        in_box = [Scene(shape, color, background, tuple(fixed_box)) for color, shape, background in all_combinations()]
+        pictures = images_to_tensor([draw(s.shape, s.box, PALETTE[s.color], PALETTE[s.background], size)
+                                     for s in in_box])
+        recons = tensor_to_uint8(reconstruct(model, pictures)[1])
+        results["fixed_box"] = list(fixed_box)
+        results["fixed_box_match_rate"] = float(np.mean([check_image(r).matches(s) for r, s in zip(recons, in_box)]))
     if num_random_color_scenes:
         results.update(
             {
@@ -459,7 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
         model.save_pretrained(output)
     logger.info("evaluating on %d palette and %d random-colour scenes", args.eval_scenes, args.eval_random_color_scenes)
     results = {
-        **evaluate_vqvae(model, args.eval_scenes, args.eval_random_color_scenes, seed=args.eval_seed),
+        **evaluate_vqvae(model, args.eval_scenes, args.eval_random_color_scenes, seed=args.eval_seed,
+                         fixed_box=args.fixed_box),
         "eval_seed": args.eval_seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         **stats,
