@@ -32,7 +32,7 @@ DEMO_DIR    := outputs/demo
 DEMO_MODEL  ?=
 VARGPT      := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/vargpt
 DEMO_SCENE  := Scene("triangle", "yellow", "purple", box=(12, 14, 47, 49))
-# Until trained weights ship in the package (`make bundled-model` builds them), the demo runs every step on a random
+# Without trained weights in the package (`make bundled-model` builds them), the demo runs every step on a random
 # tiny model saved under outputs/demo/, and says so.
 BUNDLED_WEIGHTS := src/transformers_vargpt/bundled_model/model.safetensors
 DEMO_RANDOM     := $(DEMO_DIR)/random-tiny-model

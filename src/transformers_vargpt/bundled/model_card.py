@@ -45,8 +45,8 @@ world (`transformers_vargpt.shapes_world`): a solid background of one of eight c
 or triangle of another. It draws what it is asked ("Draw a red circle on a blue background.") and answers questions
 about such pictures ("What shape is in the image?"). It knows nothing else. It reads pictures with the shape anywhere
 and draws the shape in one place: centred, {recipe['drawing_box'][2] - recipe['drawing_box'][0] + 1} px of the
-{recipe['image_size']} px side (`bundled.dataset.DRAWING_BOX`), which is what lets a model this small, trained this
-briefly, learn to draw every combination.
+{recipe['image_size']} px side (`bundled.dataset.DRAWING_BOX`): a model this small, trained this briefly, learnt to
+draw only once every prompt fixed every code of its picture.
 
 Load it offline with the package installed:
 
