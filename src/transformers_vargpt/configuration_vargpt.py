@@ -144,8 +144,8 @@ class VargptVarConfig(PreTrainedConfig):
             the loss; a small model trained from scratch learns it far sooner when scales weigh the same.
         input_code_noise (`float`): in training, the probability that a teacher-forced input code (what a scale is
             built from, not the target) is replaced by a uniformly random one; 0 as released. Teacher forcing shows
-            the model its earlier scales always right, so it learns to read the picture's colours from them rather
-            than from the prompt; with noise it must use the prompt, which is what carries a combination never seen.
+            the model its earlier scales always right, so it may learn to read the picture's colours from them rather
+            than from the prompt, which is what carries a combination never seen; noise makes it rely on the prompt.
     """
 
     model_type = "vargpt_var"

@@ -100,8 +100,9 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
             # every scale the same weight in the image loss: per code, the first scales (which fix the colours) are a
             # few codes among 130 and a model trained from scratch would learn them last
             "loss_weighting": "scale",
-            # without it the decoder reads the colours from the earlier scales, which teacher forcing always shows
-            # right, and draws a held-out combination like the training ones whose first codes it shares
+            # meant to make the decoder take the colours from the prompt rather than from the earlier scales, which
+            # teacher forcing always shows right; in a trial it drew held-out colours better (81% against 75%), the
+            # whole picture no better (40% against 43%, 72 drawings each)
             "input_code_noise": sizes.var_input_code_noise,
         },
         tie_word_embeddings=False,

@@ -172,8 +172,7 @@ def random_color_scene_image(
         background = tuple(rng.randrange(256) for _ in range(3))
         if math.dist(fill, background) >= min_distance:
             break
-    shape = rng.choice(SHAPES)
-    return draw(shape, box or random_box(rng, image_size), fill, background, image_size)
+    return draw(rng.choice(SHAPES), box or random_box(rng, image_size), fill, background, image_size)
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:
