@@ -32,6 +32,11 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
         f"{settings['learning_rate']} |"
         for stage, settings in recipe["stages"]
     )
+    understanding_row = ""
+    if recipe.get("stage0_understanding_steps"):
+        understanding_row = (f"| 0, first phase: questions only, everything but the VQVAE and the tower | "
+                             f"questions file ({recipe['understanding_only']:,} pictures) | "
+                             f"{recipe['stage0_understanding_steps']} | {recipe['stage0_learning_rate']} |\n")
     timings = ", ".join(f"{key} {value:.0f} s" for key, value in report.get("timings_seconds", {}).items())
     sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items())
     vqvae_line = ""
@@ -82,7 +87,7 @@ one to {recipe['questions_per_image']} questions and {recipe['mixed_generation']
 |---|---|---|---|
 | VQVAE (`python -m transformers_vargpt.training.vqvae`) | rendered pictures, palette and random colours | see its options | |
 | CLIP tower alone: name shape, colour, background (`bundled.vision_pretraining`) | rendered pictures, half in random colours | {recipe['vision_steps']} (batch {recipe['vision_batch_size']}) | {recipe['vision_learning_rate']} |
-| 0: from scratch, everything but the VQVAE | mixed | {recipe['stage0_steps']} | {recipe['stage0_learning_rate']} |
+{understanding_row}| 0: from scratch, everything but the VQVAE and the tower | mixed | {recipe['stage0_steps']} | {recipe['stage0_learning_rate']} |
 {stage_rows}
 {vqvae_line}
 Time: {timings}.
