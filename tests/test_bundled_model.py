@@ -35,13 +35,13 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="the bundled weigh
 # held-out (colour, shape, background) triples, never seen in training; and as many seen ones (a fixed sample)
 HELD_OUT = held_out_combinations()
 SEEN = random.Random(0).sample(training_combinations(), len(HELD_OUT))
-# what the tests ask of the shipped weights: below the measured accuracy (evaluation.json, and these very tests on the
-# machine that built it), so that another CPU's float rounding, which may change a sampled code here and there, does
-# not fail them; far above chance. Drawing held-out combinations is below the bar the model is meant to reach (90%):
-# the floor guards what it does today.
+# what the tests ask of the shipped weights: below what they measure on the machine that built them (drawings 21/24
+# seen and 12/24 held out; answers 24/24 but 22/24 for the background), so that another CPU's float rounding, which
+# may change a sampled code or a close answer here and there, does not fail them; far above chance. Drawing held-out
+# combinations is below the bar the model is meant to reach (90%): the floor guards what it does today.
 MIN_DRAWN_RIGHT_SEEN = 0.75
-MIN_DRAWN_RIGHT_HELD_OUT = 0.2
-MIN_ANSWERED_RIGHT = 0.9
+MIN_DRAWN_RIGHT_HELD_OUT = 0.35
+MIN_ANSWERED_RIGHT = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +89,7 @@ def test_bundled_model_draws_what_it_is_asked(pipe, combinations, floor):
     assert sum(right) / len(right) >= floor, f"{sum(right)}/{len(right)} right; wrong: {wrong}"
 
 
-# The shipped model reads the shape but not yet the colours (issue 11: its colour and background answers are right
-# for about 40% of pictures, seen combinations or not); strict, so the day they pass the marker has to go.
-BELOW_THE_BAR = pytest.mark.xfail(strict=True, reason="the shipped model does not read colours yet (issue 11)")
-
-
-@pytest.mark.parametrize("kind", ["shape", pytest.param("color", marks=BELOW_THE_BAR),
-                                  pytest.param("background", marks=BELOW_THE_BAR)])
+@pytest.mark.parametrize("kind", ["shape", "color", "background", "describe"])
 def test_bundled_model_answers_questions_about_rendered_pictures(bundled, kind):
     """One picture of every held-out combination, at seeded random places and sizes, rendered here."""
     model, processor = bundled
