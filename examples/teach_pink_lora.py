@@ -2,7 +2,13 @@
 """
 Teach the bundled shapes-world VARGPT a colour it has never seen, pink = RGB (255, 110, 180), with LoRA adapters.
 
-    python examples/teach_pink_lora.py --output-dir runs/pink   # sized for 15 minutes on 2 CPU cores (not yet timed)
+    python examples/teach_pink_lora.py --output-dir runs/pink   # 7 minutes on 2 CPU cores (run of 2026-11-28)
+
+`make pink-adapter` runs it with `--copy-to examples/adapters/pink`: the adapters committed there are that run's, with
+its `evaluation.json` and `before_after.png`. On the bundled model, the run of 2026-11-28 drew 85% of the pink prompts
+of its training combinations right and 43% of the held-out pink combinations' (before: none), answered 96% of "What
+color is the shape?" and 100% of "What color is the background?" right where the answer is pink (before: none), and
+kept the old palette (held-out drawings 56% right against 46% before, questions 96-100% as before).
 
 Everything is seeded and goes under `--output-dir`:
 
@@ -36,6 +42,7 @@ import argparse
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -172,19 +179,86 @@ def summary_numbers(results: dict) -> dict:
     return {name: {k: v for k, v in value.items() if k != "samples"} for name, value in results.items()}
 
 
+BUNDLED_NAME = "transformers_vargpt.BUNDLED_MODEL"
+
+
+def tidy_adapter(adapter_dir: Path, base_model: str) -> None:
+    """Leave in `adapter_dir` what loading needs. The trainer also saves its arguments (a pickle) and the processor
+    copies the package's code files (for the Hub's custom-code loading), which the installed package makes
+    unnecessary; and the adapters record the model they go on, not the temporary copy with the new word (the same
+    weights: adding the word only named a spare embedding row)."""
+    (adapter_dir / "training_args.bin").unlink(missing_ok=True)
+    for code_copy in adapter_dir.glob("*_vargpt.py"):
+        code_copy.unlink()
+    config_path = adapter_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base_model
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+ADAPTER_CARD = """---
+library_name: peft
+license: apache-2.0
+pipeline_tag: image-text-to-text
+tags: [vargpt, lora, shapes-world]
+---
+
+# Pink for the bundled shapes-world VARGPT (LoRA adapters)
+
+Trained by `examples/teach_pink_lora.py` ({arguments}) on `{base}`: the word "pink" is in this folder's
+tokenizer, the colour RGB (255, 110, 180) is new to the model. Evaluation with the package's pixel checker
+(`shapes_world.check_image`), {seconds:.0f} s for the whole run on {threads} CPU threads:
+
+| | before | after |
+|---|---|---|
+{rows}
+
+```python
+from peft import PeftModel
+from transformers_vargpt import BUNDLED_MODEL, VargptForConditionalGeneration, VargptPipeline, VargptProcessor
+
+model = PeftModel.from_pretrained(VargptForConditionalGeneration.from_pretrained(BUNDLED_MODEL), "{here}")
+model = model.merge_and_unload()
+pipe = VargptPipeline(model=model, processor=VargptProcessor.from_pretrained("{here}"))  # the tokenizer with "pink"
+image = pipe("Draw a pink circle on a blue background.").images[0]
+```
+
+or `vargpt generate "Draw a pink circle on a blue background." -o pink.png --adapter {here}`.
+"""
+
+
+def adapter_card_rows(report: dict) -> str:
+    """One table row per measured accuracy: before (if measured) and after, in percent."""
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    rows = []
+    for name, after in report["after"].items():
+        before = report.get("before", {}).get(name, {})
+        parts = {None: after} if "accuracy" in after else after
+        for kind, numbers in parts.items():
+            label = name.replace("_", " ") + (f", {kind} question" if kind else "")
+            previous = (before if kind is None else before.get(kind, {})).get("accuracy")
+            rows.append(f"| {label} ({numbers['num_images']} pictures) | {percent(previous)} | "
+                        f"{percent(numbers['accuracy'])} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--model", default=BUNDLED_MODEL, help="the model to teach (default: the bundled one)")
-    parser.add_argument("--pink-rows", type=int, default=600, help="pink rows (half questions, half drawings)")
-    parser.add_argument("--old-rows", type=int, default=300, help="old-palette rows, so nothing is forgotten")
-    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--pink-rows", type=int, default=1800, help="pink rows (half questions, half drawings)")
+    parser.add_argument("--old-rows", type=int, default=900, help="old-palette rows, so nothing is forgotten")
+    parser.add_argument("--max-steps", type=int, default=900)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-before", action="store_true", help="do not evaluate the model before fine-tuning")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N combinations per list")
+    parser.add_argument("--copy-to", type=Path, default=None,
+                        help="also copy the adapter folder here (examples/adapters/pink for the committed one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.model is None:
@@ -231,6 +305,19 @@ def main(argv: list[str] | None = None) -> dict:
         report["before"] = summary_numbers(before)
         before_after_grid(shown_samples(before), shown_samples(after)).save(output / "before_after.png")
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    base_name = BUNDLED_NAME if args.model == BUNDLED_MODEL else str(args.model)
+    tidy_adapter(output / "adapter", base_name)
+    arguments = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+                         if k not in ("output_dir", "model", "copy_to") and v not in (None, False))
+    final = args.copy_to or output / "adapter"
+    (output / "adapter" / "README.md").write_text(ADAPTER_CARD.format(
+        arguments=arguments, base=base_name, seconds=report["seconds"], threads=torch.get_num_threads(),
+        rows=adapter_card_rows(report), here=final))
+    if args.copy_to is not None:  # the adapters with the run's numbers and picture
+        shutil.copytree(output / "adapter", args.copy_to, dirs_exist_ok=True)
+        for name in ("evaluation.json", "before_after.png"):
+            if (output / name).is_file():
+                shutil.copy2(output / name, Path(args.copy_to) / name)
     return report
 
 

@@ -57,6 +57,11 @@ def test_teach_pink_end_to_end_on_a_tiny_model(example, tiny_shapes_model, tmp_p
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert set(config["modules_to_save"]) == set(example.MODULES_TO_SAVE)
+    # what loading needs and nothing else: no pickled trainer arguments, no code copies, the real base model named
+    assert config["base_model_name_or_path"] == tiny_shapes_model
+    assert not (adapter / "training_args.bin").exists() and not list(adapter.glob("*.py"))
+    card = (adapter / "README.md").read_text()
+    assert "| pink questions, color question" in card and str(adapter) in card
     assert (output / "before_after.png").is_file() and (output / "evaluation.json").is_file()
     assert set(report["before"]) == set(report["after"]) >= {"pink_generation", "pink_questions"}
     rows = [json.loads(line) for line in (output / "data" / "train.jsonl").read_text().splitlines()]
