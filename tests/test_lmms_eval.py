@@ -243,6 +243,40 @@ def test_shapes_qa_task_end_to_end_through_the_python_api(tiny_dir):
         assert metrics[f"{kind}_accuracy,none"] == pytest.approx(sum(kind_rights) / len(kind_rights))
 
 
+@pytest.mark.skipif(not os.path.isfile(os.path.join(getattr(transformers_vargpt, "BUNDLED_MODEL", None) or "",
+                                                    "model.safetensors")), reason="no bundled weights")
+def test_shapes_qa_on_the_bundled_model_agrees_with_its_own_evaluation():
+    """The task through lmms-eval and the bundled model's evaluation code (`bundled.evaluate`) judge the same
+    answers right, picture by picture (a slice of the question set: all three kinds)."""
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from transformers import AutoProcessor
+
+    from transformers_vargpt import VargptForConditionalGeneration
+    from transformers_vargpt.bundled.evaluate import answer_is_right, answer_questions
+    from transformers_vargpt.shapes_world import QUESTIONS
+
+    limit = 36
+    output = simple_evaluate(
+        model="vargpt", model_args="dtype=float32,device=cpu", tasks=["vargpt_shapes_qa"], batch_size=12,
+        limit=limit, log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager("WARNING", include_path=str(TASKS_DIR), include_defaults=False),
+    )
+    lmms_rights = [sample["filtered_resps"][0] for sample in output["samples"]["vargpt_shapes_qa"]]
+    records = question_set()[:limit]
+    assert {record.kind for record in records} == {"shape", "color", "background"}
+    model = VargptForConditionalGeneration.from_pretrained(transformers_vargpt.BUNDLED_MODEL).eval()
+    processor = AutoProcessor.from_pretrained(transformers_vargpt.BUNDLED_MODEL)
+    own_rights = []
+    for record in records:
+        answer = answer_questions(model, processor, [record.image], QUESTIONS[record.kind])[0]
+        own_rights.append(answer_is_right(record.kind, answer, record.scene))
+    lmms_rights = [normalize_answer(answer) == record.answer for answer, record in zip(lmms_rights, records)]
+    assert lmms_rights == own_rights
+    assert output["results"]["vargpt_shapes_qa"]["accuracy,none"] == pytest.approx(sum(own_rights) / limit)
+
+
 def test_shapes_qa_documents_are_the_shared_question_set_and_scored_by_exact_match():
     from lmms_eval.tasks import TaskManager, get_task_dict
 
