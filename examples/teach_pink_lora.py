@@ -5,10 +5,12 @@ Teach the bundled shapes-world VARGPT a colour it has never seen, pink = RGB (25
     python examples/teach_pink_lora.py --output-dir runs/pink   # 7 minutes on 2 CPU cores (run of 2026-11-28)
 
 `make pink-adapter` runs it with `--copy-to examples/adapters/pink`: the adapters committed there are that run's, with
-its `evaluation.json` and `before_after.png`. On the bundled model, the run of 2026-11-28 drew 85% of the pink prompts
-of its training combinations right and 43% of the held-out pink combinations' (before: none), answered 96% of "What
-color is the shape?" and 100% of "What color is the background?" right where the answer is pink (before: none), and
-kept the old palette (held-out drawings 56% right against 46% before, questions 96-100% as before).
+its `evaluation.json` and `before_after.png`. On the bundled model (run of 2026-11-28, 6.5 minutes) they draw 82.6% of
+the pink prompts right (144: every pink combination × 3 phrasings; before: none), answer 95.8% of "What color is the
+shape?" and 100% of "What color is the background?" right where the answer is pink (before: none), and keep the old
+palette (its held-out drawings 62.5% right against 45.8% before; its questions 96-100% as before). With
+`--hold-out-pink` the pink rows leave out the held-out pink combinations of the world's rule, and the evaluation
+reports them apart: 85.4% of the trained pink combinations' prompts, 42.9% of the held-out ones'.
 
 Everything is seeded and goes under `--output-dir`:
 
@@ -99,9 +101,12 @@ def add_pink_word(model_dir: str, output: Path) -> VargptProcessor:
     return processor
 
 
-def write_data(directory: Path, pink_rows: int, old_rows: int, seed: int) -> Path:
-    """Pink rows (half questions, half drawing requests) and old-palette rows in one shuffled JSONL file."""
-    train_pink, _ = pink_combinations()
+def write_data(directory: Path, pink_rows: int, old_rows: int, seed: int, hold_out_pink: bool = False) -> Path:
+    """Pink rows (half questions, half drawing requests) and old-palette rows in one shuffled JSONL file; the pink
+    rows show every pink combination, or (`hold_out_pink`) all but the held-out ones of `pink_combinations`."""
+    train_pink, held_pink = pink_combinations()
+    if not hold_out_pink:
+        train_pink = train_pink + held_pink
     files = [
         write_shapes_world_dataset(directory, pink_rows // 2, pink_rows - pink_rows // 2, seed=seed,
                                    combinations=train_pink, palette=PINK_PALETTE, filename="pink.jsonl",
@@ -117,15 +122,16 @@ def write_data(directory: Path, pink_rows: int, old_rows: int, seed: int) -> Pat
     return path
 
 
-def evaluate(model, processor, seed: int = 0, limit: int | None = None) -> dict:
-    """Pixel-checked accuracy: pink prompts (training and held-out pink combinations), colour questions about
-    pink pictures, and the old palette's held-out prompts and questions (`limit`: at most that many combinations
-    of each list, for a quick check)."""
+def evaluate(model, processor, seed: int = 0, limit: int | None = None, hold_out_pink: bool = False) -> dict:
+    """Pixel-checked accuracy: pink prompts (every pink combination; with `hold_out_pink` the trained and the held-out
+    ones apart), colour questions about pink pictures, and the old palette's held-out prompts and questions
+    (`limit`: at most that many combinations of each list, for a quick check)."""
     model.eval()
     train_pink, held_pink = (combinations[:limit] for combinations in pink_combinations())
+    pink_lists = ((("pink_generation", train_pink), ("pink_generation_held_out", held_pink)) if hold_out_pink
+                  else (("pink_generation", train_pink + held_pink),))
     results = {}
-    for name, combinations in (("pink_generation", train_pink), ("pink_generation_held_out", held_pink),
-                               ("old_palette_generation", held_out_combinations()[:limit])):
+    for name, combinations in (*pink_lists, ("old_palette_generation", held_out_combinations()[:limit])):
         palette = PINK_PALETTE if name.startswith("pink") else PALETTE
         report = evaluate_generation(model, processor, combinations, [seed], palette=palette)
         results[name] = {"num_images": report["num_images"], "accuracy": report["accuracy"],
@@ -170,8 +176,9 @@ def before_after_grid(before: list[dict], after: list[dict], cell: int = 96) -> 
 
 
 def shown_samples(results: dict, count: int = 8) -> list[dict]:
-    """The first pictures of the held-out pink prompts (of the training ones when `--eval-limit` left none)."""
-    return (results["pink_generation_held_out"]["samples"] or results["pink_generation"]["samples"])[:count]
+    """The first pictures of the held-out pink prompts if there are any, else of the pink prompts."""
+    held_out = results.get("pink_generation_held_out", {}).get("samples")
+    return (held_out or results["pink_generation"]["samples"])[:count]
 
 
 def summary_numbers(results: dict) -> dict:
@@ -257,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-before", action="store_true", help="do not evaluate the model before fine-tuning")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N combinations per list")
+    parser.add_argument("--hold-out-pink", action="store_true",
+                        help="train on the pink combinations but the held-out ones of the world's rule, and evaluate "
+                             "those apart (how well pink composes with new shape and colour pairs)")
     parser.add_argument("--copy-to", type=Path, default=None,
                         help="also copy the adapter folder here (examples/adapters/pink for the committed one)")
     args = parser.parse_args(argv)
@@ -269,12 +279,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     base_dir = output / "base-with-pink-word"
     processor = add_pink_word(args.model, base_dir)
-    data = write_data(output / "data", args.pink_rows, args.old_rows, args.seed)
+    data = write_data(output / "data", args.pink_rows, args.old_rows, args.seed, args.hold_out_pink)
 
     before = None
     if not args.skip_before:  # the bundled model as shipped: its own tokenizer, which reads "pink" as <unk>
         before = evaluate(VargptForConditionalGeneration.from_pretrained(args.model),
-                          VargptProcessor.from_pretrained(args.model), args.seed, args.eval_limit)
+                          VargptProcessor.from_pretrained(args.model), args.seed, args.eval_limit, args.hold_out_pink)
         logger.info(f"before: {json.dumps(summary_numbers(before))}")
 
     from peft import LoraConfig
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     from peft import PeftModel
 
     adapted = PeftModel.from_pretrained(VargptForConditionalGeneration.from_pretrained(base_dir), output / "adapter")
-    after = evaluate(adapted.merge_and_unload(), processor, args.seed, args.eval_limit)
+    after = evaluate(adapted.merge_and_unload(), processor, args.seed, args.eval_limit, args.hold_out_pink)
     logger.info(f"after: {json.dumps(summary_numbers(after))}")
 
     report = {"after": summary_numbers(after), "seconds": round(time.perf_counter() - start, 1),

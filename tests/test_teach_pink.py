@@ -49,6 +49,17 @@ def test_pink_combinations_split_like_the_world(example):
     assert not set(train) & set(held)
 
 
+@pytest.mark.parametrize("hold_out", [False, True])
+def test_pink_rows_show_the_held_out_pink_combinations_only_when_asked(example, tmp_path, hold_out):
+    path = example.write_data(tmp_path, pink_rows=96, old_rows=2, seed=0, hold_out_pink=hold_out)
+    _, held = example.pink_combinations()
+    drawn = set()
+    for line in path.read_text().splitlines():
+        text = json.dumps(json.loads(line)["messages"])
+        drawn |= {combination for combination in held if "{} {} on a {} background".format(*combination) in text}
+    assert (drawn == set()) if hold_out else drawn
+
+
 def test_teach_pink_end_to_end_on_a_tiny_model(example, tiny_shapes_model, tmp_path, monkeypatch):
     output = tmp_path / "pink"
     report = example.main(["--output-dir", str(output), "--model", tiny_shapes_model, "--pink-rows", "12",
