@@ -251,6 +251,23 @@ def adapter_card_rows(report: dict) -> str:
     return "\n".join(rows)
 
 
+def finish_adapter_folder(output: Path, args: argparse.Namespace, report: dict) -> None:
+    """Tidy `output/adapter`, write its card (the command's options and the before/after table) and, with
+    `--copy-to`, copy it there with the run's numbers and picture."""
+    base_name = BUNDLED_NAME if args.model == BUNDLED_MODEL else str(args.model)
+    tidy_adapter(output / "adapter", base_name)
+    arguments = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+                         if k not in ("output_dir", "model", "copy_to") and v not in (None, False))
+    (output / "adapter" / "README.md").write_text(ADAPTER_CARD.format(
+        arguments=arguments, base=base_name, seconds=report["seconds"], threads=torch.get_num_threads(),
+        rows=adapter_card_rows(report), here=args.copy_to or output / "adapter"))
+    if args.copy_to is not None:
+        shutil.copytree(output / "adapter", args.copy_to, dirs_exist_ok=True)
+        for name in ("evaluation.json", "before_after.png"):
+            if (output / name).is_file():
+                shutil.copy2(output / name, Path(args.copy_to) / name)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("--output-dir", type=Path, required=True)
@@ -315,19 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["before"] = summary_numbers(before)
         before_after_grid(shown_samples(before), shown_samples(after)).save(output / "before_after.png")
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
-    base_name = BUNDLED_NAME if args.model == BUNDLED_MODEL else str(args.model)
-    tidy_adapter(output / "adapter", base_name)
-    arguments = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-                         if k not in ("output_dir", "model", "copy_to") and v not in (None, False))
-    final = args.copy_to or output / "adapter"
-    (output / "adapter" / "README.md").write_text(ADAPTER_CARD.format(
-        arguments=arguments, base=base_name, seconds=report["seconds"], threads=torch.get_num_threads(),
-        rows=adapter_card_rows(report), here=final))
-    if args.copy_to is not None:  # the adapters with the run's numbers and picture
-        shutil.copytree(output / "adapter", args.copy_to, dirs_exist_ok=True)
-        for name in ("evaluation.json", "before_after.png"):
-            if (output / name).is_file():
-                shutil.copy2(output / name, Path(args.copy_to) / name)
+    finish_adapter_folder(output, args, report)
     return report
 
 

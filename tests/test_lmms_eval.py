@@ -263,7 +263,7 @@ def test_shapes_qa_on_the_bundled_model_agrees_with_its_own_evaluation():
         limit=limit, log_samples=True, bootstrap_iters=0,
         task_manager=TaskManager("WARNING", include_path=str(TASKS_DIR), include_defaults=False),
     )
-    lmms_rights = [sample["filtered_resps"][0] for sample in output["samples"]["vargpt_shapes_qa"]]
+    lmms_answers = [sample["filtered_resps"][0] for sample in output["samples"]["vargpt_shapes_qa"]]
     records = question_set()[:limit]
     assert {record.kind for record in records} == {"shape", "color", "background"}
     model = VargptForConditionalGeneration.from_pretrained(transformers_vargpt.BUNDLED_MODEL).eval()
@@ -272,7 +272,7 @@ def test_shapes_qa_on_the_bundled_model_agrees_with_its_own_evaluation():
     for record in records:
         answer = answer_questions(model, processor, [record.image], QUESTIONS[record.kind])[0]
         own_rights.append(answer_is_right(record.kind, answer, record.scene))
-    lmms_rights = [normalize_answer(answer) == record.answer for answer, record in zip(lmms_rights, records)]
+    lmms_rights = [normalize_answer(answer) == record.answer for answer, record in zip(lmms_answers, records)]
     assert lmms_rights == own_rights
     assert output["results"]["vargpt_shapes_qa"]["accuracy,none"] == pytest.approx(sum(own_rights) / limit)
 
