@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from accelerate.hooks import AlignDevicesHook, add_hook_to_module
 
 from transformers_vargpt import VargptPipeline
 from transformers_vargpt.tiny_models import build_tiny_vargpt
@@ -137,6 +138,51 @@ def test_model_cpu_offload_runs_the_model_and_draws_the_same_codes():
     pipe.enable_model_cpu_offload(device="cpu")
     assert pipe._execution_device.type == "cpu"
     assert torch.equal(_codes(pipe, do_sample=False), reference)
+
+
+class _MetaOutsideForwardHook(AlignDevicesHook):
+    """accelerate's sequential-offload hook, reduced to what it guarantees: a module's own weights exist only during
+    its `forward` and lie on the meta device otherwise. (accelerate's own tensor moves break on a CPU execution
+    device with torch 2.13, so the real offload is tested on CUDA in tests/test_accelerator.py.)"""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__(execution_device=torch.device("cpu"), offload=True)
+        self.weights = {name: p.detach().clone() for name, p in module.named_parameters(recurse=False)}
+        self.post_forward(module, None)
+
+    def init_hook(self, module):
+        return module
+
+    def pre_forward(self, module, *args, **kwargs):
+        for name, value in self.weights.items():
+            module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        for name, value in self.weights.items():
+            module._parameters[name] = torch.nn.Parameter(value.to("meta"), requires_grad=False)
+        return output
+
+
+def test_weights_are_read_only_inside_their_modules_forward():
+    """What sequential CPU offload needs: under hooks that give each module its weights only during its `forward`,
+    the pipeline draws exactly what it draws without them (a weight read anywhere else would meet the meta device)."""
+    reference = _pipe()(prompt=PROMPT, output_type="pt", do_sample=False, guidance_scale=2.0)
+    pipe = _pipe()
+    for module in pipe.model.modules():  # every module, as accelerate's `cpu_offload` does
+        add_hook_to_module(module, _MetaOutsideForwardHook(module))
+    assert pipe.model.lm_head.weight.device.type == "meta" and pipe._execution_device.type == "cpu"
+    out = pipe(prompt=PROMPT, output_type="pt", do_sample=False, guidance_scale=2.0)
+    assert torch.equal(out.image_tokens, reference.image_tokens)
+    torch.testing.assert_close(out.images, reference.images)
+    torch.testing.assert_close(pipe.model.decode_image_tokens(out.image_tokens), reference.images)
+    # reading a picture too (the big-model inference path of transformers uses the same hooks)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it ?"}]}]
+    text = pipe.processor.apply_chat_template(conversation, add_generation_prompt=True)
+    image = (torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    inputs = pipe.processor(images=[image], text=[text], return_tensors="pt")
+    answer = pipe.model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(answer, _pipe().model.generate(**inputs, max_new_tokens=5, do_sample=False))
 
 
 def test_generation_runs_on_the_given_device_whatever_the_weights_say(pipe):

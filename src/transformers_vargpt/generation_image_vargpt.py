@@ -74,6 +74,16 @@ class VargptImageGenerationMixin:
     """Next-scale image generation, for a VARGPT model with a `model` body ([`VargptModel`]) and a
     `generation_config`."""
 
+    @property
+    def execution_device(self) -> torch.device:
+        """Where generation computes: the weights' device, or under accelerate's offload hooks (whose weights sit on
+        the CPU or the meta device between calls) the hooks' execution device, as diffusers pipelines find it."""
+        for module in self.modules():
+            device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        return self.lm_head.weight.device
+
     def image_generation_config(
         self, generation_config: GenerationConfig | None = None, **kwargs
     ) -> GenerationConfig:
@@ -166,7 +176,7 @@ class VargptImageGenerationMixin:
         """The LLM input embeddings (B×T×H) and attention mask (B×T) of left-padded text-to-image prompts ending with
         `<|image_gen_start|>`: from `input_ids` (the token is appended where missing, `pixel_values` fill the
         `<image>` tokens), or precomputed `inputs_embeds`, which must already end with that token's embedding."""
-        device = self.lm_head.weight.device if device is None else device
+        device = self.execution_device if device is None else device
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass the prompts once: as input_ids or as inputs_embeds")
         if inputs_embeds is not None:
@@ -225,7 +235,7 @@ class VargptImageGenerationMixin:
             num_images_per_prompt < 1
         ):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-        device = self.lm_head.weight.device if device is None else device
+        device = self.execution_device if device is None else device
         inputs_embeds, attention_mask = self.prompt_embeddings(
             input_ids, attention_mask, pixel_values, inputs_embeds, device
         )
@@ -388,7 +398,7 @@ class VargptImageGenerationMixin:
     def decode_image_tokens(self, image_tokens: torch.LongTensor) -> torch.FloatTensor:
         """Code indices (B×L, all scales concatenated) → images in [0, 1] (B×3×H×W)."""
         check_image_tokens(image_tokens, self.config.vq_config.vocab_size, self.config.num_image_gen_tokens)
-        return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.lm_head.weight.device)))
+        return self.decode_fhat(self.model.vqvae.tokens_to_fhat(image_tokens.to(self.execution_device)))
 
 
 def _left_padded_concat(

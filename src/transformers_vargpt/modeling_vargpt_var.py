@@ -15,6 +15,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_vargpt import VargptConfig, VargptVarConfig
+from .offloading import own_weights_loaded
 
 
 class ScaleKVCache:
@@ -211,7 +212,9 @@ class VargptScaleDecoder(nn.Module):
     def scale_position_embed(self, scale_index: int) -> torch.Tensor:
         """Additive embedding of one scale's positions (1×s²×C): its level embedding + the absolute positions."""
         begin, end = self.scale_bounds[scale_index]
-        return self.scale_embed.weight[scale_index] + self.pos_embed[:, begin:end]
+        # the embedding through its forward (not `.weight`): offload hooks load a module's weights only there
+        with own_weights_loaded(self):
+            return self.scale_embed(self.scale_ids[begin:end]) + self.pos_embed[:, begin:end]
 
     def block_condition(self, condition: torch.Tensor) -> torch.Tensor:
         """What the blocks receive: the class embedding, or its shared AdaLN projection (B×1×6×C)."""
@@ -221,7 +224,9 @@ class VargptScaleDecoder(nn.Module):
 
     def first_scale_input(self, condition: torch.Tensor) -> torch.Tensor:
         """condition (B×C) → the first scale's input tokens (B×s₁²×C)."""
-        return condition[:, None] + self.start_pos_embed + self.scale_position_embed(0)
+        positions = self.scale_position_embed(0)
+        with own_weights_loaded(self):
+            return condition[:, None] + self.start_pos_embed + positions
 
     def scale_input(self, scale_index: int, token_map: torch.Tensor) -> torch.Tensor:
         """Downsampled f̂ for scale `scale_index` (B×s²×Cvae) → that scale's input tokens (B×s²×C)."""

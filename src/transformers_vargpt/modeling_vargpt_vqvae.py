@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_vargpt import VargptVQVAEConfig
+from .offloading import own_weights_loaded
 from .tokens_vargpt import num_image_gen_tokens
 
 
@@ -102,7 +103,8 @@ class VQUpsample(nn.Module):
         """x B×C×H×W → B×C×2H×2W (channels-last)."""
         batch, _, height, width = x.shape
         channels = self.conv.out_channels
-        weight, bias = self.phase_weights()
+        with own_weights_loaded(self.conv):  # the conv's weights are folded here, not read by its forward
+            weight, bias = self.phase_weights()
         # B×4C×(H+1)×(W+1): phase (a, b) of output pixel (i, j) sits at position (i + a, j + b)
         phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, bias).permute(0, 2, 3, 1)
         phases = phases.reshape(batch, height + 1, width + 1, 2, 2, channels)
