@@ -201,3 +201,30 @@ def test_waste_items_switch_off_and_are_costed():
     section = {"speedup": 1.5, "waste": waste, "timings": {
         name: {"median_s": 1.0, "min_s": 1.0, "max_s": 1.0, "repeats": 1} for name in ("vargpt", "released_style")}}
     assert WASTE["noise_branch"] in report.released(section)
+
+
+def test_half_precision_is_timed_against_fp32_and_compared_with_it(tiny):
+    from benchmarks import precision
+
+    model, processor = tiny
+    result = precision.run(model, processor, quick=True)
+    assert next(model.parameters()).dtype == torch.float32  # the fp32 model is left as it was
+    half = result["half"]["bfloat16"]
+    assert half["t2i_speedup_over_fp32"] > 0 and half["understanding_speedup_over_fp32"] > 0
+    assert 0 <= half["identical_codes"] <= 1 and 0 <= half["identical_answer_tokens"] <= 1
+    assert set(result["timings"]["t2i_batch1"]) == {"float32", "bfloat16"}
+    assert set(result["cpu"]) >= {"model", "avx512_bf16", "amx_bf16"}
+    # the agreement measure itself: fp32 against fp32 agrees fully, and a changed code is counted
+    inputs = precision.t2i_inputs(processor)
+    question = precision.understanding_inputs(processor)
+    with torch.no_grad():
+        fp32 = (model.generate_images(**inputs, **precision.GREEDY_IMAGE),
+                model.generate(**question, max_new_tokens=precision.NEW_TOKENS, min_new_tokens=precision.NEW_TOKENS,
+                               do_sample=False))
+    same = precision.agreement(fp32, fp32)
+    assert same["identical_codes"] == 1.0 and same["identical_answer_tokens"] == 1.0
+    assert same["image_max_abs_diff"] == 0.0
+    changed = type(fp32[0])(images=fp32[0].images, image_tokens=fp32[0].image_tokens.clone())
+    changed.image_tokens[0, 0] += 1
+    assert precision.agreement(fp32, (changed, fp32[1]))["identical_codes"] == pytest.approx(
+        1 - 1 / changed.image_tokens.numel())
