@@ -5,8 +5,8 @@ The data mix is the hard case (issue 16): each global batch of 4 holds one examp
 text-only ones, so on every step one process has nothing to draw (and often nothing to read). The model runs those
 idle parts on a dummy input whose contribution is exactly zero (`VargptModel.runs_idle`), so both processes issue the
 same collectives; ZeRO-3 here partitions every parameter (`stage3_param_persistence_threshold` 0), so each module
-that runs is gathered collectively. With SGD the sharded weights equal one process's to 1e-5; with AdamW they are
-held to plain DDP's own distance from one process (Adam amplifies summation-order rounding).
+that runs is gathered collectively. With SGD the sharded weights equal one process's to 1e-5; with AdamW (which
+amplifies summation-order rounding, in DDP too) all but a handful of weights do.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ ZERO_STAGES = (2, 3)
 STEPS = 3
 
 
-ADAMW_STAGE = 3  # AdamW runs on the stage that trains the most and idles the most (full weights, no LoRA)
+ADAMW_STAGE = 2  # AdamW runs (full weights) on the stage that trains the LLM, whose RMSNorm weights show the effect
 
 
 def _argv(root: Path, stage: int, lora: bool, output: Path, batch_size: int, *extra: str, optim: str = "sgd",
@@ -121,7 +121,7 @@ def sharded_runs(tmp_path_factory):
                 config = _deepspeed_config(root / f"zero{zero}.json", zero)
                 launches.append(_argv(root, stage, lora, output, 2, "--deepspeed", str(config)))
                 outputs[stage, lora, zero] = output
-    adamw = {"optim": "adamw_torch", "learning_rate": 1e-3}
+    adamw = {"optim": "adamw_torch", "learning_rate": 1e-3}  # the tests below assume this step size
     single = root / "adamw-single"
     train_main(_argv(root, ADAMW_STAGE, False, single, 4, **adamw))
     outputs["adamw", None] = single
@@ -167,25 +167,25 @@ def test_deepspeed_zero_equals_one_process(sharded_runs, stage, lora, zero):
         assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_vargpt.VargptForConditionalGeneration"
 
 
-def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max((a[name] - b[name]).abs().max().item() for name in a)
-
-
-@pytest.mark.parametrize("zero", ZERO_STAGES)
-def test_deepspeed_zero_with_adamw_is_as_close_to_one_process_as_ddp(sharded_runs, zero):
-    """With AdamW no data-parallel run equals one process to 1e-5, DDP included: Adam divides each step by the
+@pytest.mark.parametrize("run", ["ddp", *ZERO_STAGES])
+def test_data_parallel_adamw_runs_differ_from_one_process_only_by_amplified_rounding(sharded_runs, run):
+    """With AdamW no data-parallel run equals one process to 1e-5, plain DDP included: Adam divides each step by the
     gradient's running RMS, so where a gradient is a sum that nearly cancels (an RMSNorm weight summed over every
-    token) the rounding of another summation order becomes a visible part of a step (measured: DDP 1.5e-5 from one
-    process, one process accumulating 2 x 2 instead of 4 at once 7.4e-6, with steps of 2e-3). ZeRO must be no further
-    from one process than DDP is; a real sharding fault (a lost or doubled gradient) costs whole steps."""
+    token) the rounding of another summation order becomes a visible part of a step. Measured in stage 2 (steps of
+    1e-3): DDP and ZeRO-3 1.5e-5 from one process, ZeRO-2 2.3e-6, one process accumulating 2 x 2 examples instead of
+    4 at once 7.4e-6, each in at most 4 of the 4.7 M weights (>1e-6); the 2-process runs vary between launches. A real
+    fault (a lost or doubled gradient) moves a large share of the weights instead, so that is what is bounded:
+    under 1 in 100,000 weights differ by more than 1e-6, none by more than 5% of a step."""
     single = _weights(sharded_runs["adamw", None])
-    ddp_gap = _largest_difference(_weights(sharded_runs["adamw", "ddp"]), single)
-    zero_gap = _largest_difference(_weights(sharded_runs["adamw", zero]), single)
+    parallel = _weights(sharded_runs["adamw", run])
     initial = load_file(sharded_runs["adamw", None].parent / "model" / "model.safetensors")
-    assert _largest_difference(single, initial) > 1e-3  # the weights moved by whole steps
-    assert zero_gap <= max(1e-5, 2 * ddp_gap), (zero_gap, ddp_gap)
-    for expected, got in zip(_history(sharded_runs["adamw", None]), _history(sharded_runs["adamw", zero])):
+    assert single.keys() == parallel.keys()
+    moved = torch.cat([(single[name] - initial[name]).abs().flatten() for name in single])
+    assert moved.max() > 1e-3  # whole steps were taken
+    differences = torch.cat([(parallel[name] - single[name]).abs().flatten() for name in single])
+    assert differences.max().item() <= 0.05 * 1e-3, differences.max().item()
+    assert (differences > 1e-6).float().mean().item() < 1e-5, int((differences > 1e-6).sum())
+    for expected, got in zip(_history(sharded_runs["adamw", None]), _history(sharded_runs["adamw", run])):
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-5), expected["step"]
 
 
