@@ -6,6 +6,7 @@ outputs, image features, a settable vocabulary size, several vision feature laye
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -62,6 +63,28 @@ def test_assisted_decoding_accepts_the_model_as_its_own_assistant(model):
     plain = model.generate(prompt, **settings)
     assisted = model.generate(prompt, assistant_model=model, **settings)
     assert torch.equal(assisted, plain)
+
+
+def test_assisted_decoding_of_a_prompt_with_an_image_reads_the_image_in_the_assistant_too(model):
+    """transformers prefills an assistant with `is_first_iteration=False`; the assistant's empty cache still marks it
+    as reading the prompt, so it gets the image (without it, the `<image>` tokens would be read as text)."""
+    inputs = {name: value[:1] for name, value in _prompt_with_image().items()}
+    settings = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None, "max_new_tokens": 5}
+    plain = model.generate(**inputs, **settings)
+    seen = []
+    hook = model.model.vision_tower.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    try:
+        assisted = model.generate(**inputs, assistant_model=model, **settings)
+    finally:
+        hook.remove()
+    assert torch.equal(assisted, plain)
+    assert len(seen) == 2  # the image was encoded twice: by the model and by its assistant, each at its prefill
+
+
+def test_prepare_inputs_for_generation_names_its_arguments(model):
+    """transformers' generation tests look for `inputs_embeds` (and the cache) in the signature."""
+    parameters = inspect.signature(model.prepare_inputs_for_generation).parameters
+    assert {"input_ids", "cache", "attention_mask", "inputs_embeds", "is_first_iteration"} <= set(parameters)
 
 
 # ---- 2. attention implementation -------------------------------------------------------------------------------

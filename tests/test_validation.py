@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging
 
 from conftest import (
     IMAGE_GEN_END_ID,
@@ -53,17 +55,29 @@ def codes(model, value: int = 0) -> torch.LongTensor:
 
 # ---- placeholders without their images -----------------------------------------------------------------------------
 def test_image_tokens_without_pixel_values(model):
+    # the generation entry points refuse the prompt; `forward` reads the tokens as text with a warning, as LLaVA's
+    # forward does (transformers' common model tests call it that way)
     with pytest.raises(ValueError, match=f"{TINY_IMAGE_SEQ_LENGTH} <image> tokens .* no pixel_values"):
-        model(input_ids=understanding_ids())
-    with pytest.raises(ValueError, match="no pixel_values"):
         model.generate(understanding_ids(), max_new_tokens=2, do_sample=False)
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model.generate(input_ids=understanding_ids(), max_new_tokens=2, do_sample=False)
+    modeling_logger = logging.get_logger("transformers_vargpt.modeling_vargpt")
+    modeling_logger.warning_once.cache_clear()
+    with CaptureLogger(modeling_logger) as captured:
+        logits = model(input_ids=understanding_ids()).logits
+    assert "no pixel_values were given" in captured.out and torch.isfinite(logits).all()
     with pytest.raises(ValueError, match="no pixel_values"):
         model.generate_images(understanding_ids(), do_sample=False)
 
 
 def test_generation_pads_without_images_to_draw(model):
     with pytest.raises(ValueError, match=f"{TINY_NUM_IMAGE_GEN_TOKENS} <\\|image_gen_pad\\|> tokens .* neither"):
+        model.generate(generation_ids(), max_new_tokens=2, do_sample=False)
+    modeling_logger = logging.get_logger("transformers_vargpt.modeling_vargpt")
+    modeling_logger.warning_once.cache_clear()
+    with CaptureLogger(modeling_logger) as captured:
         model(input_ids=generation_ids())
+    assert "<|image_gen_pad|> tokens but no pixel_gen_values or image_tokens were given" in captured.out
 
 
 # ---- non-finite values ---------------------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ Data flow for drawing: prompt → LLM prefill → for each scale: that scale's t
 codes → f̂ grows → next scale's token map; finally the VQVAE decodes f̂.
 """
 
-from __future__ import annotations
-
 import math
 import warnings
 from collections.abc import Mapping
@@ -21,7 +19,8 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -42,6 +41,9 @@ from .validation_vargpt import (
 )
 
 logger = logging.get_logger(__name__)
+
+# inputs that carry images (read or drawn, `image_gen_tokens` is the deprecated name of `image_tokens`): embedded once
+IMAGE_INPUTS = ("pixel_values", "pixel_gen_values", "image_tokens", "image_gen_tokens")
 
 # Released checkpoint names (VARGPT-family/VARGPT_LLaVA-v1) → ours. Applied in order; renamings chain.
 RELEASED_KEY_MAPPING = {
@@ -84,6 +86,12 @@ DERIVED_RELEASED_BUFFERS = [r"lvl_1L$", r"attn_bias_for_masking$", r"zero_k_bias
 def _deprecated_output_name(output: ModelOutput, old: str, new: str):
     warnings.warn(f"`{old}` is deprecated; read `{new}` (the same codes)", FutureWarning, stacklevel=3)
     return getattr(output, new)
+
+
+def _continues(generate_kwargs: dict) -> bool:
+    """Whether `generate` continues from a cache that already read the prompt (and its images)."""
+    cache = generate_kwargs.get(CACHE_ARG, generate_kwargs.get("past_key_values"))
+    return isinstance(cache, Cache) and cache.get_seq_length() > 0
 
 
 def _renamed_image_tokens(image_tokens: torch.LongTensor | None, kwargs: dict) -> torch.LongTensor | None:
@@ -506,13 +514,23 @@ class VargptModel(VargptPreTrainedModel):
         """Checks of a prompt's first pass (later cached steps only add the model's own tokens)."""
         check_token_ids(input_ids, self.config.text_config.vocab_size)
         check_attention_mask(attention_mask, input_ids)
-        check_placeholders(
-            input_ids,
-            self.config.image_token_index,
-            self.config.image_gen_pad_token_id,
-            has_pixel_values=pixel_values is not None,
-            has_gen_images=pixel_gen_values is not None or image_tokens is not None,
-        )
+        # Placeholders without their images are read as text, as LLaVA's forward reads its `<image>` tokens (transformers'
+        # common model tests feed random ids that hold them), with a warning here; `generate` and `generate_images`
+        # refuse such prompts, and the training collator always pairs placeholders with their images
+        missing = {
+            "<image>": (self.config.image_token_index, pixel_values is None, "pixel_values"),
+            "<|image_gen_pad|>": (
+                self.config.image_gen_pad_token_id,
+                pixel_gen_values is None and image_tokens is None,
+                "pixel_gen_values or image_tokens",
+            ),
+        }
+        for token, (token_id, images_missing, what) in missing.items():
+            if images_missing and token_id is not None and bool((input_ids == token_id).any()):
+                logger.warning_once(
+                    f"input_ids hold {token} tokens but no {what} were given: they are read as text tokens; pass "
+                    f"the images (the processor returns them) or remove the {token} tokens"
+                )
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -529,7 +547,7 @@ class VargptModel(VargptPreTrainedModel):
         use_cache: bool | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VargptModelOutputWithPast:
         """
         input_ids (B×T) with `<image>` tokens for `pixel_values` (N×3×h×w) and `<|image_gen_pad|>` blocks for the
@@ -655,7 +673,7 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         image_tokens: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VargptCausalLMOutputWithPast:
         """
         Understanding, training and validation in one call. With `<|image_gen_start|> <|image_gen_pad|>×L
@@ -793,14 +811,37 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         # a batch with no supervised token contributes 0, not NaN
         return total / torch.as_tensor(num_items_in_batch, device=total.device).clamp(min=1)
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
-        """Generation images are embedded once, at prefill; later steps only see new tokens."""
-        first = kwargs.get("is_first_iteration", False)
-        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        if not first and kwargs.get("use_cache", True):
-            model_inputs.pop("pixel_gen_values", None)
-            model_inputs.pop("image_tokens", None)
-            model_inputs.pop("image_gen_tokens", None)  # the deprecated name
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """Images, to read or to draw, are embedded once, when the prompt is read; later steps only see new tokens.
+        The prompt is read at the first iteration, and also whenever the cache is still empty: an assistant model's
+        first pass in assisted decoding reads the whole prompt although `is_first_iteration` is False for it."""
+        reads_prompt = bool(is_first_iteration) or (
+            cache is not None
+            and any(kwargs.get(name) is not None for name in IMAGE_INPUTS)
+            and cache.get_seq_length() == 0
+        )
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=reads_prompt,
+            **kwargs,
+        )
+        if not reads_prompt and kwargs.get("use_cache", True):
+            for name in IMAGE_INPUTS:
+                model_inputs.pop(name, None)
         return model_inputs
 
     # ---- generation entry point ---------------------------------------------------------------------------------
@@ -809,6 +850,16 @@ class VargptForConditionalGeneration(VargptImageGenerationMixin, VargptPreTraine
         see [`generate_images`]. `"interleaved"`: text whose answer may draw images (`<|image_gen_start|>` triggers
         a drawing, then the answer continues after `<|image_gen_end|>`), see [`generate_interleaved`]."""
         if generation_mode == "text":
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+            reads_ids = isinstance(prompt, torch.Tensor) and kwargs.get("inputs_embeds") is None
+            if reads_ids and not _continues(kwargs):
+                check_placeholders(
+                    prompt,
+                    self.config.image_token_index,
+                    self.config.image_gen_pad_token_id,
+                    has_pixel_values=kwargs.get("pixel_values") is not None,
+                    has_gen_images=any(kwargs.get(name) is not None for name in IMAGE_INPUTS[1:]),
+                )
             return super().generate(inputs, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         if input_ids is None:
