@@ -288,8 +288,28 @@ def test_released_code_alternates_processes_and_collects_their_results(monkeypat
         return {"released": side(1.3), "ours": side(1.0)}
 
     monkeypatch.setattr(released_code, "_commands", fake_commands)
-    result = released_code.measure({"checkpoint": tmp_path / "medium32k"}, rounds=2, repeats=1, quiet_wait_s=0)
+    result = released_code.measure({"checkpoint": tmp_path / "medium32k"}, rounds=2, repeats=1, quiet_wait_s=0,
+                                   max_others=1.0)
     assert [record["order"] for record in result["round_records"]] == [["released", "ours"], ["ours", "released"]]
     assert result["t2i_ratio"]["median"] == pytest.approx(1.3) and result["codes_identical"]
     assert result["released_environment"]["transformers"] == "4.46.1" and result["rounds"] == 2
     assert all(record["released"]["process_wall_s"] > 0 for record in result["round_records"])
+
+
+def test_released_code_runs_a_contended_round_again(monkeypatch, tmp_path):
+    from benchmarks import released_code
+
+    others = iter([0.4, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5])  # per process: round 0 contended, then clean, then busy
+
+    def fake_side(command, cwd, threads):
+        seconds = 1.2 if command == ["released"] else 1.0
+        return _side(seconds, seconds, [1], [2], next(others))
+
+    monkeypatch.setattr(released_code, "_commands", lambda *args: {"released": (["released"], None),
+                                                                   "ours": (["ours"], None)})
+    monkeypatch.setattr(released_code, "_run_side", fake_side)
+    result = released_code.measure({"checkpoint": tmp_path}, rounds=2, repeats=1, quiet_wait_s=0, extra_rounds=2)
+    assert len(result["contended_rounds"]) == 2 and result["rounds"] == 2  # retries spent: the busy round is kept
+    assert result["round_records"][0]["released"]["other_processes_cpu_fraction"] == 0.0
+    assert result["other_processes_cpu_fraction"]["max"] == 0.5
+    assert [record["order"][0] for record in result["round_records"]] == ["released", "ours"]
