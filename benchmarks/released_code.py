@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .timing import REPO_ROOT, CpuMonitor, machine_busy, wait_until_quiet
 
@@ -125,12 +126,14 @@ def _contended(record: dict, max_others: float) -> bool:
 
 
 def measure(paths: dict[str, Path], rounds: int, repeats: int, threads: int = THREADS,
-            quiet_wait_s: float = QUIET_WAIT_S, max_others: float = MAX_OTHERS, extra_rounds: int | None = None) -> dict:
+            quiet_wait_s: float = QUIET_WAIT_S, max_others: float = MAX_OTHERS, extra_rounds: int | None = None,
+            progress: Callable[[dict], None] | None = None) -> dict:
     """`rounds` rounds of one released and one ours process, in alternating order; `assemble`d.
 
     A round during which other processes took more than `max_others` of the CPUs (in either process) is set aside in
     `contended_rounds` and run again, up to `extra_rounds` times in all (default: `rounds`); after that, contended
-    rounds are kept (and the summary's `other_processes_cpu_fraction` shows it)."""
+    rounds are kept (and the summary's `other_processes_cpu_fraction` shows it). `progress`, if given, is called
+    after every round with the records so far (`round_records`, `contended_rounds`)."""
     commands = _commands(paths, repeats, threads)
     extra_rounds = rounds if extra_rounds is None else extra_rounds
     records, contended = [], []
@@ -150,8 +153,10 @@ def measure(paths: dict[str, Path], rounds: int, repeats: int, threads: int = TH
             logger.warning("round %d set aside: other processes took over %.0f%% of the CPUs; running it again",
                            record["round"], 100 * max_others)
             contended.append(record)
-            continue
-        records.append(record)
+        else:
+            records.append(record)
+        if progress is not None:
+            progress({"round_records": records, "contended_rounds": contended})
     summary = assemble(records)
     if contended:
         assemble(contended)  # their ratios, for the record
@@ -162,7 +167,7 @@ def measure(paths: dict[str, Path], rounds: int, repeats: int, threads: int = TH
 
 
 def run(model=None, processor=None, quick: bool = False, reference_dir: str | os.PathLike | None = None,
-        rounds: int | None = None, repeats: int | None = None) -> dict:
+        rounds: int | None = None, repeats: int | None = None, progress: Callable[[dict], None] | None = None) -> dict:
     """The `released_code` section of `benchmarks.run` (the medium model it is handed is not used: both sides load
     the reference checkpoint in their own processes). `{"skipped": why}` without a reference environment."""
     paths = reference_paths(reference_dir)
@@ -171,7 +176,7 @@ def run(model=None, processor=None, quick: bool = False, reference_dir: str | os
         return {"skipped": paths}
     rounds = rounds or (QUICK_ROUNDS if quick else ROUNDS)
     repeats = repeats or (QUICK_REPEATS if quick else REPEATS)
-    return measure(paths, rounds, repeats)
+    return measure(paths, rounds, repeats, progress=progress)
 
 
 def summary_line(section: dict) -> str:
@@ -244,11 +249,17 @@ def main(argv=None) -> dict | None:
     from .timing import environment
 
     torch.set_num_threads(THREADS)  # recorded by `environment()`; the timing processes set their own
-    result = run(reference_dir=args.reference_dir, rounds=args.rounds, repeats=args.repeats)
+
+    def write(result: dict) -> None:
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({**result, "environment": environment()}, indent=1, default=str) + "\n")
+
+    # rounds so far go to --output as they finish (`"partial": true`), so that a stopped run keeps them
+    result = run(reference_dir=args.reference_dir, rounds=args.rounds, repeats=args.repeats,
+                 progress=lambda so_far: write({**so_far, "partial": True}))
+    write(result)
     result["environment"] = environment()
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(summary_line(result))
     return result
 
