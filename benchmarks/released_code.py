@@ -192,10 +192,10 @@ def summary_line(section: dict) -> str:
 def _ours_worker(checkpoint: str, repeats: int, threads: int) -> dict:
     """This package's side: the same checkpoint and inputs as `released_code_worker.py`, through the public API."""
     import torch
+    import transformers
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    import transformers
     import transformers_vargpt  # noqa: F401  (registers vargpt_llava with the Auto classes)
 
     torch.set_num_threads(threads)

@@ -39,8 +39,9 @@ def load_released(refpkg: str, checkpoint: str):
 
     def build_with_checkpoint_sizes(device, num_classes=1000, depth=30, **_):
         return build(device, patch_nums=tuple(hparams["patch_nums"]), V=hparams["vq_vocab_size"],
-                     Cvae=hparams["vq_z_channels"], ch=hparams["vq_ch"], share_quant_resi=hparams["vq_share_quant_resi"],
-                     num_classes=num_classes, depth=hparams["var_depth"])
+                     Cvae=hparams["vq_z_channels"], ch=hparams["vq_ch"],
+                     share_quant_resi=hparams["vq_share_quant_resi"], num_classes=num_classes,
+                     depth=hparams["var_depth"])
 
     codes = []
 
