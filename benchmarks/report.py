@@ -94,6 +94,27 @@ def released(section: dict) -> str:
     return table + speedup + _waste_rows(section) + _decode_rows(section)
 
 
+def released_code(section: dict) -> str:
+    if "skipped" in section:
+        return f"Skipped: {section['skipped']}."
+    seconds = section["seconds"]
+    rows = [[task, f"{seconds[f'released_{key}']['median']:.3f}", f"{seconds[f'ours_{key}']['median']:.3f}",
+             f"**{section[ratio]['median']:.2f}x**", f"{section[ratio]['min']:.2f}–{section[ratio]['max']:.2f}"]
+            for task, key, ratio in (("text-to-image (680 codes)", "t2i", "t2i_ratio"),
+                                     ("understanding (32 tokens)", "understanding", "understanding_ratio"))]
+    others = section.get("other_processes_cpu_fraction") or {}
+    notes = (f"\n\n{section['rounds']} rounds of alternating processes, {section['repeats_per_process']} timed calls "
+             f"each, {section['threads']} threads; released code under transformers "
+             f"{section['released_environment']['transformers']}. Greedy codes identical: "
+             f"{'yes' if section['codes_identical'] else '**no**'}; answer tokens identical: "
+             f"{'yes' if section['tokens_identical'] else '**no**'}.")
+    if others:
+        notes += (f" CPU taken by other processes per timing process: median {100 * others['median']:.0f}%, "
+                  f"max {100 * others['max']:.0f}%.")
+    return _table(["task", "released s (median)", "ours s (median)", "released / ours", "per-round range"],
+                  rows) + notes
+
+
 def _waste_rows(section: dict) -> str:
     waste = section.get("waste")
     if not waste:
@@ -182,6 +203,7 @@ RENDERERS = [("t2i", "Text-to-image latency, throughput and where the time goes"
               "t2i_breakdown.png"]),
              ("released", "Against the released loop's work (same model, same run)", released,
               ["released_vs_ours.png"]),
+             ("released_code", "Against the released code itself (reference environment)", released_code, []),
              ("raster", "Next-scale vs raster-scan autoregression", raster, ["raster_vs_next_scale.png"]),
              ("understanding", "Understanding vs transformers LLaVA", understanding, ["understanding_vs_llava.png"]),
              ("flops", "FLOPs and roofline", flops, ["roofline.png"]),
@@ -219,7 +241,8 @@ def render(results: dict, image_dir: str = "benchmarks/results") -> str:
     for key, title, renderer, images in RENDERERS:
         if key in results["sections"]:
             parts += [f"### {title}", renderer(results["sections"][key])]
-            parts += [" ".join(f"![{image}]({image_dir}/{image})" for image in images)]
+            if images:
+                parts += [" ".join(f"![{image}]({image_dir}/{image})" for image in images)]
     return "\n\n".join(parts)
 
 

@@ -3,7 +3,9 @@
 Writes `results.json` and PNG plots into the output directory (default `benchmarks/results`, or
 `benchmarks/results/quick` with `--quick`) and prints a summary table. With `--only`, the sections named are
 re-measured and merged into an existing `results.json` of the same mode (each section records its own commit and
-time). All timings are medians over repeats, float32, `torch.set_num_threads(2)`.
+time). All timings are medians over repeats, float32, `torch.set_num_threads(2)`. The `released_code` section times
+the released implementation itself and needs a reference environment (`--reference-dir`, benchmarks/REFERENCE.md);
+without one it records that it was skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from . import flops, memory, raster, released, scales, t2i, training, understanding
+from . import flops, memory, raster, released, released_code, scales, t2i, training, understanding
 from .medium import GENERATION_SIZES, NUM_THREADS, TEXT_CONFIG, VISION_CONFIG, build_medium, count_parameters, setup_torch
 from .timing import REPO_ROOT, CpuMonitor, environment, machine_busy, wait_until_quiet
 
@@ -30,6 +32,7 @@ SECTIONS = {
     "scales": scales.run,
     "training": training.run,
     "memory": memory.run,
+    "released_code": released_code.run,
 }
 # What the issue author measured on this configuration with the released implementation, on this machine.
 REFERENCE = {"t2i_batch1_s": 0.97, "understanding_s": 0.40, "matmul_peak_gflops_per_s": 205.0}
@@ -47,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="before each section wait up to this long for other processes to leave the CPUs")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--reference-dir", default=os.environ.get(released_code.ENV_VAR), metavar="REF_DIR",
+                        help="reference environment for the released_code section (benchmarks/REFERENCE.md; default "
+                             f"${released_code.ENV_VAR}); without one that section is skipped")
     return parser.parse_args(argv)
 
 
@@ -73,6 +79,9 @@ def bar_checks(sections: dict) -> dict:
                                    "text-to-image latency, batch 1 (1.2x faster than the released 0.97 s)"),
         "t2i_vs_released_style": _bar(_get(sections, "released", "speedup"), 1.2, True, "x",
                                       "text-to-image batch 1 vs the released loop's work on the same model, same run"),
+        "t2i_vs_released_code": _bar(_get(sections, "released_code", "t2i_ratio", "median"), 1.2, True, "x",
+                                     "text-to-image batch 1 vs the released code itself (reference venv, "
+                                     "alternating processes)"),
         "raster_speedup": _bar(_get(sections, "raster", "speedup"), 5.0, True, "x",
                                "next-scale VARGPT vs raster-scan AR of the same parameters"),
         "understanding_vs_llava": _bar(_get(sections, "understanding", "ratio_llava_over_vargpt"), 0.95, True, "x",
@@ -101,6 +110,8 @@ def summary_table(results: dict) -> str:
         timings = s["released"]["timings"]
         rows.append(("released-style loop (same model)", f"{timings['released_style']['median_s']:.3f} s vs "
                      f"{timings['vargpt']['median_s']:.3f} s: {s['released']['speedup']:.2f}x"))
+    if "released_code" in s:
+        rows.append(("released code (reference venv)", released_code.summary_line(s["released_code"])))
     if "raster" in s:
         timings = s["raster"]["timings"]
         rows.append(("raster-scan AR (same params)", f"{timings['raster_scan']['median_s']:.2f} s vs "
@@ -144,6 +155,7 @@ def append_history(results: dict, path: Path, measured: list[str]) -> dict:
         "mode": results["mode"], "sections": sorted(s), "measured": sorted(measured),
         "t2i_batch1_s": _get(s, "t2i", "by_batch", "1", "median_s"),
         "released_speedup": _get(s, "released", "speedup"),
+        "released_code_t2i_ratio": _get(s, "released_code", "t2i_ratio", "median"),
         "batch8_gain": results["bars"]["batch8_throughput_gain"]["value"],
         "raster_speedup": _get(s, "raster", "speedup"),
         "understanding_ratio": _get(s, "understanding", "ratio_llava_over_vargpt"),
@@ -178,7 +190,8 @@ def main(argv=None) -> dict:
         logger.info("section %s", name)
         section_start = time.perf_counter()
         monitor = CpuMonitor().start()
-        result = SECTIONS[name](model, processor, quick=args.quick)
+        options = {"reference_dir": args.reference_dir} if name == "released_code" else {}
+        result = SECTIONS[name](model, processor, quick=args.quick, **options)
         others = monitor.stop()
         if others is not None and others > OTHERS_WARNING:
             logger.warning("other processes used %.0f%% of the CPUs during %s: its timings are inflated",

@@ -228,3 +228,88 @@ def test_half_precision_is_timed_against_fp32_and_compared_with_it(tiny):
     changed.image_tokens[0, 0] += 1
     assert precision.agreement(fp32, (changed, fp32[1]))["identical_codes"] == pytest.approx(
         1 - 1 / changed.image_tokens.numel())
+
+
+def _side(t2i_s: float, und_s: float, codes: list[int], tokens: list[int], others: float = 0.01) -> dict:
+    return {"t2i": {"median_s": t2i_s}, "understanding": {"median_s": und_s}, "codes": codes, "tokens": tokens,
+            "other_processes_cpu_fraction": others, "transformers": "4.46.1", "torch": "2"}
+
+
+def test_released_code_is_skipped_without_a_reference_environment(monkeypatch, tmp_path):
+    from benchmarks import released_code
+
+    monkeypatch.delenv(released_code.ENV_VAR, raising=False)
+    result = released_code.run(None, None, quick=True)
+    assert set(result) == {"skipped"} and "--reference-dir" in result["skipped"]
+    incomplete = released_code.run(None, None, reference_dir=tmp_path)
+    assert "incomplete" in incomplete["skipped"] and "refvenv" in incomplete["skipped"]
+    # registered with `benchmarks.run`, whose summary, bars and report show the skip instead of failing
+    assert run.SECTIONS["released_code"] is released_code.run
+    assert run.parse_args(["--only", "released_code", "--reference-dir", "/ref"]).reference_dir == "/ref"
+    monkeypatch.setenv(released_code.ENV_VAR, str(tmp_path))
+    assert run.parse_args([]).reference_dir == str(tmp_path)
+    sections = {"released_code": result}
+    assert run.bar_checks(sections)["t2i_vs_released_code"]["pass"] is None
+    assert "skipped: no reference environment" in released_code.summary_line(result)
+    assert report.released_code(result).startswith("Skipped: no reference environment")
+
+
+def test_released_code_ratios_and_identity_checks():
+    from benchmarks import released_code
+
+    rounds = [{"released": _side(1.5, 0.42, [1, 2, 3], [7, 8]), "ours": _side(1.0, 0.40, [1, 2, 3], [7, 8])},
+              {"ours": _side(1.0, 0.40, [1, 2, 3], [7, 8]), "released": _side(1.2, 0.40, [1, 2, 3], [7, 8], 0.3)},
+              {"released": _side(1.4, 0.44, [1, 2, 3], [7, 8]), "ours": _side(1.0, 0.40, [1, 2, 3], [7, 8])}]
+    summary = released_code.assemble(rounds)
+    assert summary["t2i_ratio"] == pytest.approx({"median": 1.4, "min": 1.2, "max": 1.5})
+    assert summary["understanding_ratio"]["median"] == pytest.approx(1.05)
+    assert summary["seconds"]["released_t2i"]["median"] == pytest.approx(1.4)
+    assert summary["codes_identical"] and summary["tokens_identical"] and summary["codes"] == 3
+    assert summary["other_processes_cpu_fraction"]["max"] == pytest.approx(0.3)
+    rounds[1]["ours"]["codes"] = [1, 2, 4]  # one code differs in one round
+    changed = released_code.assemble(rounds)
+    assert not changed["codes_identical"] and changed["tokens_identical"] and not rounds[1]["codes_identical"]
+    section = {**summary, "repeats_per_process": 3, "threads": 2, "released_environment": {"transformers": "4.46.1"}}
+    assert "**1.40x**" in report.released_code(section) and "1.20–1.50" in report.released_code(section)
+    assert "identical" in released_code.summary_line(section)
+    assert run.bar_checks({"released_code": section})["t2i_vs_released_code"]["pass"] is True
+
+
+def test_released_code_alternates_processes_and_collects_their_results(monkeypatch, tmp_path):
+    """The orchestration with stand-in timing processes (the real ones need the reference venv)."""
+    import json
+
+    from benchmarks import released_code
+
+    def fake_commands(paths, repeats, threads):
+        def side(seconds):
+            payload = json.dumps(_side(seconds, seconds / 2, [5] * 4, [6] * 2))
+            return [sys.executable, "-c", f"print('noise'); print({payload!r})"], None
+        return {"released": side(1.3), "ours": side(1.0)}
+
+    monkeypatch.setattr(released_code, "_commands", fake_commands)
+    result = released_code.measure({"checkpoint": tmp_path / "medium32k"}, rounds=2, repeats=1, quiet_wait_s=0,
+                                   max_others=1.0)
+    assert [record["order"] for record in result["round_records"]] == [["released", "ours"], ["ours", "released"]]
+    assert result["t2i_ratio"]["median"] == pytest.approx(1.3) and result["codes_identical"]
+    assert result["released_environment"]["transformers"] == "4.46.1" and result["rounds"] == 2
+    assert all(record["released"]["process_wall_s"] > 0 for record in result["round_records"])
+
+
+def test_released_code_runs_a_contended_round_again(monkeypatch, tmp_path):
+    from benchmarks import released_code
+
+    others = iter([0.4, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5])  # per process: round 0 contended, then clean, then busy
+
+    def fake_side(command, cwd, threads):
+        seconds = 1.2 if command == ["released"] else 1.0
+        return _side(seconds, seconds, [1], [2], next(others))
+
+    monkeypatch.setattr(released_code, "_commands", lambda *args: {"released": (["released"], None),
+                                                                   "ours": (["ours"], None)})
+    monkeypatch.setattr(released_code, "_run_side", fake_side)
+    result = released_code.measure({"checkpoint": tmp_path}, rounds=2, repeats=1, quiet_wait_s=0, extra_rounds=2)
+    assert len(result["contended_rounds"]) == 2 and result["rounds"] == 2  # retries spent: the busy round is kept
+    assert result["round_records"][0]["released"]["other_processes_cpu_fraction"] == 0.0
+    assert result["other_processes_cpu_fraction"]["max"] == 0.5
+    assert [record["order"][0] for record in result["round_records"]] == ["released", "ours"]
