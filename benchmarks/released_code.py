@@ -192,11 +192,12 @@ def summary_line(section: dict) -> str:
 def _ours_worker(checkpoint: str, repeats: int, threads: int) -> dict:
     """This package's side: the same checkpoint and inputs as `released_code_worker.py`, through the public API."""
     import torch
-    import transformers
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
     import transformers_vargpt  # noqa: F401  (registers vargpt_llava with the Auto classes)
+
+    from .released_code_worker import time_both
 
     torch.set_num_threads(threads)
     hparams = json.loads((Path(checkpoint) / "golden.json").read_text())["reference_hparams"]
@@ -216,18 +217,7 @@ def _ours_worker(checkpoint: str, repeats: int, threads: int) -> dict:
                               attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32,
                               do_sample=False)[:, ids.shape[1]:]
 
-    result = {"transformers": transformers.__version__, "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads()}
-    with torch.no_grad():
-        for name, call, output in (("t2i", text_to_image, "codes"), ("understanding", understanding, "tokens")):
-            result[output] = call()[0].tolist()  # warm-up
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                call()
-                samples.append(time.perf_counter() - started)
-            result[name] = {"median_s": statistics.median(samples), "samples_s": samples}
-    return result
+    return time_both(text_to_image, understanding, repeats)
 
 
 def main(argv=None) -> dict | None:

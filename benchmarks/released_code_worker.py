@@ -83,7 +83,15 @@ def main(refpkg: str, checkpoint: str, repeats: int, threads: int) -> dict:
                               attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32,
                               do_sample=False)[:, ids.shape[1]:]
 
-    result = {"transformers": __import__("transformers").__version__, "torch": torch.__version__,
+    return time_both(text_to_image, understanding, repeats)
+
+
+def time_both(text_to_image, understanding, repeats: int) -> dict:
+    """Each task's warm-up (its output kept: greedy codes, answer tokens), then `repeats` timed calls; both sides of
+    the comparison time themselves with this one function."""
+    import transformers
+
+    result = {"transformers": transformers.__version__, "torch": torch.__version__,
               "torch_threads": torch.get_num_threads()}
     with torch.no_grad():
         for name, call, output in (("t2i", text_to_image, "codes"), ("understanding", understanding, "tokens")):
