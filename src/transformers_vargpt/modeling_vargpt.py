@@ -515,9 +515,9 @@ class VargptModel(VargptPreTrainedModel):
         """Checks of a prompt's first pass (later cached steps only add the model's own tokens)."""
         check_token_ids(input_ids, self.config.text_config.vocab_size)
         check_attention_mask(attention_mask, input_ids)
-        # Placeholders without their images are read as text, as LLaVA's forward reads its `<image>` tokens (transformers'
-        # common model tests feed random ids that hold them), with a warning here; `generate` and `generate_images`
-        # refuse such prompts, and the training collator always pairs placeholders with their images
+        # Placeholders without their images are read as text, as LLaVA's forward reads its `<image>` tokens
+        # (transformers' common model tests feed random ids that hold them), with a warning here; `generate` and
+        # `generate_images` refuse such prompts, and the training collator always pairs placeholders with images
         missing = {
             "<image>": (self.config.image_token_index, pixel_values is None, "pixel_values"),
             "<|image_gen_pad|>": (
