@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from .cpu_matmul import sliced_cpu_matmuls
 from .configuration_vargpt import VargptConfig
 from .generation_image_vargpt import CACHE_ARG, VargptImageGenerationMixin
 from .generation_interleaved_vargpt import VargptInterleavedGenerationMixin
@@ -863,7 +864,8 @@ class VargptForConditionalGeneration(
                     has_pixel_values=kwargs.get("pixel_values") is not None,
                     has_gen_images=any(kwargs.get(name) is not None for name in IMAGE_INPUTS[1:]),
                 )
-            return super().generate(inputs, **kwargs)
+            with sliced_cpu_matmuls(self):  # one row per new token: thin products (see cpu_matmul)
+                return super().generate(inputs, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         if input_ids is None:
             raise ValueError(f"generation_mode={generation_mode!r} needs input_ids")

@@ -1,0 +1,95 @@
+"""Linear layers that keep every CPU thread busy where the matrix products are thin: text generation.
+
+A text answer at batch 1 multiplies each weight matrix by one row per new token. For such thin products oneMKL's
+`sgemm`, which `nn.Linear` calls on CPU, runs on one thread however many torch has and streams the weights at about
+10 GB/s. Cutting the weight into one slice of output features per thread and running the slices as one batched
+product (`torch.bmm`) gives every thread its own slice: 1.2–1.8× faster products up to 16 rows, 1.2× faster greedy
+answers on the medium model (`python -m benchmarks.sliced_matmul`, BENCHMARKS.md "Thin matrix products on CPU").
+Thicker products stay plain: the gain fades by ~36 rows. Drawing does not use it: its first scales are thin too,
+but with them sliced the later, thick scales ran slower by as much as the thin ones gained (1.72 vs 1.75 s).
+
+Each output is still one dot product over all input features, computed by the same kind of kernel, so the result is
+the same up to the last bit in most shapes (not guaranteed: the kernel may block the sum differently for a narrower
+matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Above this many threads the slices would get thin enough to lose the kernel's efficiency, and nothing was measured.
+MAX_SLICES = 8
+
+# Products with more rows than this run as plain `nn.Linear` (measured: no gain at 25–36 rows, a loss from 64).
+MAX_ROWS = 16
+
+# Set to False to run every linear layer as plain `nn.Linear` (e.g. to compare speeds, as benchmarks/sliced_matmul.py
+# does).
+enabled = True
+
+
+def slices_for(out_features: int) -> int:
+    """How many output slices a product with `out_features` outputs is cut into: one per thread (at most
+    MAX_SLICES), or 1 (not cut) where the threads do not divide the outputs into slices of at least 64."""
+    slices = min(torch.get_num_threads(), MAX_SLICES)
+    if slices < 2 or out_features % slices or out_features // slices < 64:
+        return 1
+    return slices
+
+
+class ThreadSlicedLinear(nn.Linear):
+    """`nn.Linear` whose inference forward on CPU runs one slice of output features per thread when the input has at
+    most MAX_ROWS rows (see the module docstring); otherwise, with autograd on or on other devices it is
+    `nn.Linear.forward`.
+
+    Only `sliced_cpu_matmuls` gives modules this class, for the duration of a `generate` call, and takes it back
+    afterwards."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slices = slices_for(self.out_features)
+        if (
+            slices == 1
+            or x.numel() > MAX_ROWS * self.in_features
+            or torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or x.dtype != self.weight.dtype
+            or x.ndim < 2
+        ):
+            return F.linear(x, self.weight, self.bias)
+        leading = x.shape[:-1]
+        rows = x.reshape(1, -1, self.in_features).expand(slices, -1, -1)  # slices × M × K, no copy
+        weight = self.weight.view(slices, -1, self.in_features).transpose(1, 2)  # slices × K × N/slices
+        if self.bias is None:
+            out = torch.bmm(rows, weight)
+        else:
+            out = torch.baddbmm(self.bias.view(slices, 1, -1), rows, weight)
+        return out.transpose(0, 1).reshape(*leading, self.out_features)  # M × N, slices side by side
+
+
+def _sliceable(module: nn.Module) -> bool:
+    # exactly nn.Linear: subclasses (quantized layers, adapters' own types) keep their own forward
+    return type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
+
+
+@contextmanager
+def sliced_cpu_matmuls(model: nn.Module) -> Iterator[None]:
+    """Within the block, the plain float32 CPU `nn.Linear` layers of `model` compute as [`ThreadSlicedLinear`]
+    when torch has several threads and `enabled` is True (each call still checks autograd and its rows); afterwards
+    they are plain `nn.Linear` again. Nothing else about the modules changes (parameters, hooks, state dict), and
+    nested or concurrent uses are harmless: a layer is only ever one of the two classes, which compute the same."""
+    if not enabled or torch.get_num_threads() < 2:
+        yield
+        return
+    layers = [module for module in model.modules() if _sliceable(module)]
+    for layer in layers:
+        layer.__class__ = ThreadSlicedLinear
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = nn.Linear

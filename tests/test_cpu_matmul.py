@@ -1,0 +1,111 @@
+"""Thread-sliced CPU linear layers (`transformers_vargpt.cpu_matmul`): same products, classes taken back."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers_vargpt.cpu_matmul import ThreadSlicedLinear, slices_for, sliced_cpu_matmuls
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 9, 16, 37])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sliced_product_equals_the_linear_layer(two_threads, rows, bias):
+    torch.manual_seed(rows)
+    layer = nn.Linear(96, 384, bias=bias)
+    x = torch.randn(1, rows, 96)
+    expected = F.linear(x, layer.weight, layer.bias)
+    with torch.no_grad(), sliced_cpu_matmuls(layer):
+        assert type(layer) is ThreadSlicedLinear
+        out = layer(x)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_thick_products_stay_plain(two_threads, monkeypatch):
+    layer = nn.Linear(64, 256)
+    sliced = []
+    batched = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *args: sliced.append(True) or batched(*args))
+    with torch.no_grad(), sliced_cpu_matmuls(layer):
+        layer(torch.randn(16, 64))
+        assert sliced == [True]
+        layer(torch.randn(17, 64))
+    assert sliced == [True]
+
+
+def test_non_contiguous_inputs_are_read_right(two_threads):
+    layer = nn.Linear(64, 256)
+    x = torch.randn(64, 10).t()  # 10 x 64, transposed view
+    with torch.no_grad(), sliced_cpu_matmuls(layer):
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_slices_follow_threads_and_never_get_thin(two_threads):
+    assert slices_for(384) == 2
+    assert slices_for(100) == 1  # 50 features per thread: not worth cutting
+    assert slices_for(129) == 1  # not divisible
+    torch.set_num_threads(1)
+    assert slices_for(4096) == 1
+    torch.set_num_threads(64)
+    assert slices_for(4096) == 8  # at most MAX_SLICES
+
+
+def test_only_plain_float32_cpu_linears_change_and_come_back(two_threads):
+    class Custom(nn.Linear):
+        pass
+
+    model = nn.Sequential(nn.Linear(8, 256), Custom(8, 256), nn.Linear(8, 256).double(), nn.Conv1d(2, 2, 1))
+    with torch.no_grad(), sliced_cpu_matmuls(model):
+        assert [type(m) for m in model] == [ThreadSlicedLinear, Custom, nn.Linear, nn.Conv1d]
+    assert [type(m) for m in model] == [nn.Linear, Custom, nn.Linear, nn.Conv1d]
+
+
+def test_the_switch_turns_slicing_off(two_threads, monkeypatch):
+    from transformers_vargpt import cpu_matmul
+
+    model = nn.Sequential(nn.Linear(8, 256))
+    monkeypatch.setattr(cpu_matmul, "enabled", False)
+    with torch.no_grad(), sliced_cpu_matmuls(model):
+        assert type(model[0]) is nn.Linear
+
+
+def test_classes_come_back_when_the_block_raises(two_threads):
+    model = nn.Sequential(nn.Linear(8, 256))
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), sliced_cpu_matmuls(model):
+        raise RuntimeError("boom")
+    assert type(model[0]) is nn.Linear
+
+
+def test_training_computes_plain_and_one_thread_keeps_plain_layers(two_threads):
+    model = nn.Sequential(nn.Linear(8, 256))
+    x = torch.randn(3, 8)
+    model(x).sum().backward()
+    expected = model[0].weight.grad.clone()
+    model.zero_grad()
+    with sliced_cpu_matmuls(model):  # autograd on: nn.Linear's own forward, gradients as always
+        model(x).sum().backward()
+    torch.testing.assert_close(model[0].weight.grad, expected, rtol=0, atol=0)
+    torch.set_num_threads(1)
+    with torch.no_grad(), sliced_cpu_matmuls(model):
+        assert type(model[0]) is nn.Linear
+
+
+def test_text_generation_runs_sliced_and_leaves_plain_layers_behind(two_threads):
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, _ = build_tiny_vargpt()
+    seen = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(type(module)))
+    model.generate(input_ids=torch.tensor([[1, 5, 6]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                   max_new_tokens=2, do_sample=False)
+    assert seen == [ThreadSlicedLinear] * 2
+    assert not any(isinstance(m, ThreadSlicedLinear) for m in model.modules())
