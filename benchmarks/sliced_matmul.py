@@ -44,6 +44,12 @@ def _gflops(call, flop: float, repeats: int) -> float:
     return flop * repeats / (time.perf_counter() - start) / 1e9
 
 
+def _sliced_calls(layers: list[nn.Linear], x: torch.Tensor) -> None:
+    with cpu_matmul.sliced_cpu_matmuls(nn.ModuleList(layers)):
+        for layer in layers:
+            layer(x)
+
+
 def products(repeats: int) -> dict:
     """GFLOP/s of plain and sliced products for each weight shape and row count."""
     result = {}
@@ -55,8 +61,7 @@ def products(repeats: int) -> dict:
                 x = torch.randn(rows, fan_in)
                 flop = 2.0 * rows * fan_in * fan_out * len(layers)
                 plain = _gflops(lambda: [F.linear(x, m.weight, m.bias) for m in layers], flop, repeats)
-                with cpu_matmul.sliced_cpu_matmuls(nn.ModuleList(layers)):
-                    sliced = _gflops(lambda: [m(x) for m in layers], flop, repeats)
+                sliced = _gflops(_switched(True, lambda: _sliced_calls(layers, x)), flop, repeats)
                 result[name][rows] = {"plain_gflops": round(plain, 1), "sliced_gflops": round(sliced, 1),
                                       "speedup": round(sliced / plain, 3)}
     return result
@@ -64,11 +69,12 @@ def products(repeats: int) -> dict:
 
 def _switched(enabled: bool, call):
     def run():
+        default = cpu_matmul.enabled
         cpu_matmul.enabled = enabled
         try:
             return call()
         finally:
-            cpu_matmul.enabled = True
+            cpu_matmul.enabled = default
 
     return run
 
@@ -102,7 +108,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     setup_torch()
     model, processor = build_medium()
-    result = {"cpu": cpu_features(), "num_threads": torch.get_num_threads(), "torch": torch.__version__,
+    result = {"cpu": cpu_features(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "on_by_default": cpu_matmul.enabled, "num_threads": torch.get_num_threads(), "torch": torch.__version__,
               "products": products(repeats=3 if args.quick else 10),
               "whole_model": whole_model(model, processor, repeats=3 if args.quick else 9)}
     if args.output:

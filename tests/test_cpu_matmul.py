@@ -9,7 +9,11 @@ from transformers_vargpt.cpu_matmul import ThreadSlicedLinear, slices_for, slice
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    """Two torch threads, slicing on whatever the CPU (by default it is on where measured to pay: AVX2 CPUs)."""
+    from transformers_vargpt import cpu_matmul
+
+    monkeypatch.setattr(cpu_matmul, "enabled", True)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

@@ -1,8 +1,8 @@
 """Linear layers that keep every CPU thread busy where the matrix products are thin: text generation.
 
 A text answer at batch 1 multiplies each weight matrix by one row per new token. For such thin products oneMKL's
-`sgemm`, which `nn.Linear` calls on CPU, runs on one thread however many torch has and streams the weights at about
-10 GB/s. Cutting the weight into one slice of output features per thread and running the slices as one batched
+`sgemm`, which `nn.Linear` calls on CPU, ran on one thread of an AVX2 CPU (AMD EPYC) however many torch had, and
+streamed the weights at about 10 GB/s. Cutting the weight into one slice of output features per thread and running the slices as one batched
 product (`torch.bmm`) gives every thread its own slice: 1.2–1.8× faster products up to 16 rows, 1.2× faster greedy
 answers on the medium model (`python -m benchmarks.sliced_matmul`, BENCHMARKS.md "Thin matrix products on CPU").
 Thicker products stay plain: the gain fades by ~36 rows. Drawing does not use it: its first scales are thin too,
@@ -28,9 +28,10 @@ MAX_SLICES = 8
 # Products with more rows than this run as plain `nn.Linear` (measured: no gain at 25–36 rows, a loss from 64).
 MAX_ROWS = 16
 
-# Set to False to run every linear layer as plain `nn.Linear` (e.g. to compare speeds, as benchmarks/sliced_matmul.py
-# does).
-enabled = True
+# On by default where it was measured to pay: CPUs whose best instructions are AVX2 (oneMKL ran thin products on one
+# thread there). On an AVX-512 Xeon oneMKL already streamed one-row products at ~17 GB/s, and sliced they were 7%
+# slower in a product benchmark. Set it to True or False to choose (benchmarks/sliced_matmul.py compares both).
+enabled = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def slices_for(out_features: int) -> int:
