@@ -96,8 +96,8 @@ def whole_model(model, processor, repeats: int) -> dict:
         for task, call in (("understanding", answer), ("t2i_batch1_if_sliced", draw)):
             on, off = _switched(True, call), _switched(False, call)
             timings = measure_interleaved({"sliced": on, "plain": off}, repeats)
-            result[task] = {"speedup": paired_ratio(timings, "plain", "sliced"), "same_output": torch.equal(on(), off()),
-                            "timings": timings}
+            result[task] = {"speedup": paired_ratio(timings, "plain", "sliced"),
+                            "same_output": torch.equal(on(), off()), "timings": timings}
     return result
 
 

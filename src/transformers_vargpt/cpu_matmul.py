@@ -2,11 +2,12 @@
 
 A text answer at batch 1 multiplies each weight matrix by one row per new token. For such thin products oneMKL's
 `sgemm`, which `nn.Linear` calls on CPU, ran on one thread of an AVX2 CPU (AMD EPYC) however many torch had, and
-streamed the weights at about 10 GB/s. Cutting the weight into one slice of output features per thread and running the slices as one batched
-product (`torch.bmm`) gives every thread its own slice: 1.2–1.8× faster products up to 16 rows, 1.2× faster greedy
-answers on the medium model (`python -m benchmarks.sliced_matmul`, BENCHMARKS.md "Thin matrix products on CPU").
-Thicker products stay plain: the gain fades by ~36 rows. Drawing does not use it: its first scales are thin too,
-but with them sliced the later, thick scales ran slower by as much as the thin ones gained (1.72 vs 1.75 s).
+streamed the weights at about 10 GB/s. Cutting the weight into one slice of output features per thread and running
+the slices as one batched product (`torch.bmm`) gives every thread its own slice: 1.05–1.9× faster products up to 16
+rows, 1.15× faster greedy answers on the medium model (`python -m benchmarks.sliced_matmul`, BENCHMARKS.md "Thin
+matrix products on CPU"). Thicker products stay plain: the gain fades by ~36 rows. Drawing does not use it: its
+first scales are thin too, but with them sliced the later, thick scales ran slower by as much as the thin ones
+gained (1.72 vs 1.75 s).
 
 Each output is still one dot product over all input features, computed by the same kind of kernel, so the result is
 the same up to the last bit in most shapes (not guaranteed: the kernel may block the sum differently for a narrower
