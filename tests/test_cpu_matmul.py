@@ -113,3 +113,20 @@ def test_text_generation_runs_sliced_and_leaves_plain_layers_behind(two_threads)
                    max_new_tokens=2, do_sample=False)
     assert seen == [ThreadSlicedLinear] * 2
     assert not any(isinstance(m, ThreadSlicedLinear) for m in model.modules())
+
+
+def test_sliced_text_generation_gives_plain_generations_tokens_and_scores(two_threads, monkeypatch):
+    """On the tiny model the LM head and the MLP's gate/up products (128 outputs) are cut in two slices."""
+    from transformers_vargpt import cpu_matmul
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, _ = build_tiny_vargpt(seed=3)
+    prompts = torch.tensor([[1, 5, 6, 7], [1, 9, 8, 4]])
+    settings = dict(attention_mask=torch.ones_like(prompts), max_new_tokens=6, do_sample=False,
+                    output_scores=True, return_dict_in_generate=True)
+    sliced = model.generate(input_ids=prompts, **settings)
+    monkeypatch.setattr(cpu_matmul, "enabled", False)
+    plain = model.generate(input_ids=prompts, **settings)
+    assert torch.equal(sliced.sequences, plain.sequences)
+    for a, b in zip(sliced.scores, plain.scores):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
