@@ -17,6 +17,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .released_checkpoint_vargpt import RELEASED_FLAT_NAMES, RELEASED_PATCH_NUMS, released_sizes_for
 from .tokens_vargpt import (
     GENERATION_TOKENS,
     IMAGE_TOKEN,
@@ -25,33 +26,6 @@ from .tokens_vargpt import (
     num_image_gen_tokens,
     special_tokens_entry,
 )
-
-# The released VARGPT-v1 values (VARGPT.md): VAR-d30 decoder, VQVAE f16 with 4096 codes, 256x256 images.
-RELEASED_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-
-# Released flat hyper-parameter names → (sub-config, field).
-RELEASED_FLAT_NAMES = {
-    "patch_nums": ("vq_config", "scale_sizes"),
-    "image_gen_size": ("vq_config", "image_size"),
-    "vq_vocab_size": ("vq_config", "vocab_size"),
-    "vq_z_channels": ("vq_config", "z_channels"),
-    "vq_ch": ("vq_config", "base_channels"),
-    "vq_ch_mult": ("vq_config", "channel_multipliers"),
-    "vq_num_res_blocks": ("vq_config", "num_res_blocks"),
-    "vq_quant_resi": ("vq_config", "residual_ratio"),
-    "vq_share_quant_resi": ("vq_config", "num_residual_filters"),
-    "var_depth": ("var_config", "num_hidden_layers"),
-    "var_embed_dim": ("var_config", "hidden_size"),
-    "var_num_heads": ("var_config", "num_attention_heads"),
-    "var_mlp_ratio": ("var_config", "mlp_ratio"),
-    "var_attn_l2_norm": ("var_config", "attention_l2_norm"),
-    "var_shared_aln": ("var_config", "shared_adaln"),
-    "var_norm_eps": ("var_config", "layer_norm_eps"),
-    "var_num_classes": ("var_config", "num_classes"),
-    "var_drop_path_rate": ("var_config", "drop_path_rate"),
-    "var_cond_drop_rate": ("var_config", "condition_dropout"),
-}
-
 
 class VargptVQVAEConfig(PreTrainedConfig):
     r"""
@@ -261,8 +235,6 @@ class VargptConfig(PreTrainedConfig):
         source = kwargs.get("name_or_path")
         if source and Path(source).is_dir():
             # a released-layout directory lacks the VAR / VQVAE sizes: read them from its weights' shapes
-            from .released_checkpoint_vargpt import released_sizes_for  # (it reads this module's names)
-
             flat.update(released_sizes_for(Path(source), config_dict, flat))
         return super().from_dict({**config_dict, **flat}, **kwargs)
 

@@ -18,7 +18,32 @@ from typing import Any
 
 from safetensors import safe_open
 
-from .configuration_vargpt import RELEASED_FLAT_NAMES, RELEASED_PATCH_NUMS
+# The released VARGPT-v1 values (VARGPT.md): VAR-d30 decoder, VQVAE f16 with 4096 codes, 256x256 images.
+RELEASED_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+# Released flat hyper-parameter names → (sub-config, field) of `VargptConfig`.
+RELEASED_FLAT_NAMES = {
+    "patch_nums": ("vq_config", "scale_sizes"),
+    "image_gen_size": ("vq_config", "image_size"),
+    "vq_vocab_size": ("vq_config", "vocab_size"),
+    "vq_z_channels": ("vq_config", "z_channels"),
+    "vq_ch": ("vq_config", "base_channels"),
+    "vq_ch_mult": ("vq_config", "channel_multipliers"),
+    "vq_num_res_blocks": ("vq_config", "num_res_blocks"),
+    "vq_quant_resi": ("vq_config", "residual_ratio"),
+    "vq_share_quant_resi": ("vq_config", "num_residual_filters"),
+    "var_depth": ("var_config", "num_hidden_layers"),
+    "var_embed_dim": ("var_config", "hidden_size"),
+    "var_num_heads": ("var_config", "num_attention_heads"),
+    "var_mlp_ratio": ("var_config", "mlp_ratio"),
+    "var_attn_l2_norm": ("var_config", "attention_l2_norm"),
+    "var_shared_aln": ("var_config", "shared_adaln"),
+    "var_norm_eps": ("var_config", "layer_norm_eps"),
+    "var_num_classes": ("var_config", "num_classes"),
+    "var_drop_path_rate": ("var_config", "drop_path_rate"),
+    "var_cond_drop_rate": ("var_config", "condition_dropout"),
+}
+
 
 _VAR = "vargpt_gen."
 _VAE = "vae_local."
@@ -167,4 +192,4 @@ def _differs(given: Any, detected: Any) -> bool:
     return given != detected
 
 
-__all__ = ["read_weight_shapes", "released_sizes_for", "released_sizes_from_shapes", "weight_files"]
+__all__ = ["RELEASED_FLAT_NAMES", "RELEASED_PATCH_NUMS", "read_weight_shapes", "released_sizes_for", "released_sizes_from_shapes", "weight_files"]

@@ -180,7 +180,7 @@ class VargptSFTConfig(SFTConfig):
                   "--model is a path: `dtype` (default float32), and config overrides such as the VAR/VQVAE sizes a "
                   "released-layout checkpoint does not record, e.g. '{\"var_depth\": 16, \"patch_nums\": [1, 2, 3, "
                   "4, 5, 6, 8, 10, 13, 16]}' (the released flat names var_*, vq_*, patch_nums, image_gen_size of "
-                  "RELEASED_FLAT_NAMES in configuration_vargpt.py, or any VargptConfig field)."},
+                  "RELEASED_FLAT_NAMES in released_checkpoint_vargpt.py, or any VargptConfig field)."},
     )
     # TrainingArguments' deprecated `gradient_checkpointing` alias warns whenever it is set; SFTConfig sets it by
     # default, so every run warned. Unset here; the SFT default (on) goes to `activation_checkpointing`.
