@@ -11,7 +11,12 @@ from PIL import Image
 
 import numpy as np
 
-from transformers_vargpt.bundled.dataset import DRAWING_BOX, scaled_box, write_shapes_world_dataset
+from transformers_vargpt.bundled.dataset import (
+    DRAWING_BOX,
+    EXTRA_DRAWING_COLORS,
+    scaled_box,
+    write_shapes_world_dataset,
+)
 from transformers_vargpt.bundled.evaluate import answer_is_right, normalize_answer
 from transformers_vargpt.bundled.tokenizer import build_shapes_tokenizer
 from transformers_vargpt.shapes_world import (
@@ -86,11 +91,53 @@ def test_drawing_box_anywhere_and_at_other_sizes(tmp_path):
     assert scaled_box((14, 14, 49, 49), 128) == (28, 28, 99, 99)  # same place, same 56 % of the side
 
 
+def test_extra_drawing_colors_only_in_drawings_never_near_the_palette_or_pink(tmp_path):
+    from transformers_vargpt.shapes_world import PALETTE, SHAPES
+
+    pink = (255, 110, 180)  # the colour examples/teach_pink_lora.py teaches later
+    for name, rgb in EXTRA_DRAWING_COLORS.items():
+        for other in [*PALETTE.values(), pink]:
+            assert np.linalg.norm(np.subtract(rgb, other)) >= 80, name
+
+    path = write_shapes_world_dataset(tmp_path, 60, 200, seed=5, extra_drawing_colors=EXTRA_DRAWING_COLORS,
+                                      extra_drawing_share=0.5)
+    colors = {**PALETTE, **EXTRA_DRAWING_COLORS}
+    extra_rows = 0
+    for row in [json.loads(line) for line in path.read_text().splitlines()]:
+        pixels = np.asarray(Image.open(tmp_path / row["images"][0]).convert("RGB"))
+        if row["messages"][0]["content"].startswith("<image>"):  # questions: the palette only
+            picture = check_image(pixels)
+            assert None not in (picture.color, picture.shape, picture.background)
+            continue
+        prompt = row["messages"][0]["content"].lower()
+        asked = [(c, s, b) for c in colors for s in SHAPES for b in colors if f"a {c} {s} on a {b} background" in prompt]
+        assert len(asked) == 1
+        color, shape, background = asked[0]
+        assert (color, shape, background) not in set(held_out_combinations())
+        extra_rows += color in EXTRA_DRAWING_COLORS or background in EXTRA_DRAWING_COLORS
+        picture = check_image(pixels, palette=colors, color_tolerance=1)  # drawn in exactly the asked colours
+        assert (picture.color, picture.shape, picture.background) == (color, shape, background)
+    assert 70 <= extra_rows <= 130  # about half of the 200 drawings
+
+    from transformers_vargpt.bundled.dataset import world_texts
+
+    tokenizer = build_shapes_tokenizer(world_texts(tuple(EXTRA_DRAWING_COLORS)))
+    for name in EXTRA_DRAWING_COLORS:
+        assert tokenizer.unk_token_id not in tokenizer(f"Draw a {name} circle.")["input_ids"]
+    assert tokenizer.unk_token_id in tokenizer("pink", add_special_tokens=False)["input_ids"]
+    plain = build_shapes_tokenizer()  # the shipped recipe's vocabulary: the palette's words only
+    assert plain.unk_token_id in plain("cyan", add_special_tokens=False)["input_ids"]
+
+
 def test_dataset_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="positive number of rows"):
         write_shapes_world_dataset(tmp_path, 0, 0)
     with pytest.raises(ValueError, match="questions_per_image"):
         write_shapes_world_dataset(tmp_path, 1, 1, questions_per_image=5)
+    with pytest.raises(ValueError, match="outside the palette"):
+        write_shapes_world_dataset(tmp_path, 0, 2, extra_drawing_colors={"red": (1, 2, 3)}, extra_drawing_share=0.5)
+    with pytest.raises(ValueError, match="needs extra_drawing_colors"):
+        write_shapes_world_dataset(tmp_path, 0, 2, extra_drawing_share=0.5)
 
 
 def test_tokenizer_is_deterministic_and_reads_any_text():
@@ -152,12 +199,13 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     assert set(report["questions"]) == set(QUESTIONS)
     for stage in (0, 1, 2, 3):
         assert (tmp_path / "work" / f"stage{stage}" / "model.safetensors").is_file()
-    # the VQVAE's two runs: the first, then the sharpening run started from its weights
-    first, sharpened = (json.loads((tmp_path / "work" / d / "vqvae_eval.json").read_text())
-                        for d in ("vqvae-first", "vqvae"))
-    assert first["parameters"] == sharpened["parameters"]
+    # the VQVAE's three runs: the first, the sharpening run from its weights, the decoder-only run from those
+    first, sharpened, last = (json.loads((tmp_path / "work" / d / "vqvae_eval.json").read_text())
+                              for d in ("vqvae-first", "vqvae-sharpened", "vqvae"))
+    assert first["parameters"] == sharpened["parameters"] == last["parameters"]
+    assert last["arguments"]["decoder_only"] and last["arguments"]["init_from"].endswith("vqvae-sharpened")
     card = (output / "README.md").read_text()
-    assert f'"palette_match_rate": {json.dumps(sharpened["palette_match_rate"])}' in card  # the card's VQVAE is the last
+    assert f'"palette_match_rate": {json.dumps(last["palette_match_rate"])}' in card  # the card's VQVAE is the last
     model = VargptForConditionalGeneration.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert model.generation_config.image_generation["top_k"] == report["generation"]["sampling"]["top_k"]

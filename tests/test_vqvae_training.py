@@ -189,6 +189,27 @@ def test_cli_trains_saves_and_evaluates(tmp_path):
     assert not torch.equal(continued.encoder.conv_in.weight, reloaded.encoder.conv_in.weight)
 
 
+def test_decoder_only_run_keeps_every_code_and_changes_only_the_decoder(tmp_path):
+    from transformers_vargpt.training.vqvae import train_vqvae
+
+    torch.manual_seed(0)
+    start = VargptVQVAE(tiny_config())
+    before = {name: tensor.clone() for name, tensor in start.state_dict().items()}
+    images = tiny_batch(seed=3, batch_size=6)
+    codes_before = start.tokenize(images)
+    args = VQVAETrainingArguments(output=str(tmp_path), image_size=IMAGE_SIZE, steps=3, batch_size=2, warmup_steps=1,
+                                  restart_every=1, final_steps_without_restarts=0, learning_rate=1e-2,
+                                  decoder_only=True, init_from=str(tmp_path / "given"))
+    model, stats = train_vqvae(args, start)
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), changed
+    assert stats["restarted_codes"] == 0  # the codebook's upkeep is off too
+    assert torch.equal(model.tokenize(images), codes_before)
+    with pytest.raises(ValueError, match="--init_from"):
+        VQVAETrainingArguments(output=str(tmp_path), decoder_only=True)
+
+
 def test_norm_groups_must_divide_every_width():
     assert tiny_config(norm_groups=8).norm_groups == 8
     with pytest.raises(ValueError, match="multiple of norm_groups=32"):

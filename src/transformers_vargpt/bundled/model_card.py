@@ -37,7 +37,13 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
         understanding_row = (f"| 0, first phase: questions only, everything but the VQVAE and the tower | "
                              f"questions file ({recipe['understanding_only']:,} pictures) | "
                              f"{recipe['stage0_understanding_steps']} | {recipe['stage0_learning_rate']} |\n")
+    extra_line = ""
+    if recipe.get("extra_drawing_colors") and recipe.get("extra_drawing_share"):
+        extra_line = (f" {_percent(recipe['extra_drawing_share'])} of the drawing requests are in colours outside the "
+                      f"palette ({', '.join(recipe['extra_drawing_colors'])}; never in questions), so that the "
+                      "shape is learnt apart from the colour pair it is drawn in.")
     timings = ", ".join(f"{key} {value:.0f} s" for key, value in report.get("timings_seconds", {}).items())
+    timings_note = f" ({report['timings_note']})" if report.get("timings_note") else ""
     sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items())
     vqvae_line = ""
     if vqvae_eval is not None:
@@ -81,16 +87,16 @@ Data: seeded shapes-world conversations in the released format, from the {168 - 
 training (colour, shape, background) combinations only; the {report['held_out_combinations']} held-out combinations
 (`shapes_world.held_out_combinations()`) are never seen in training. {recipe['mixed_understanding']:,} pictures with
 one to {recipe['questions_per_image']} questions and {recipe['mixed_generation']:,} drawing requests (mixed file),
-{recipe['generation_only']:,} more drawing requests (generation file).
+{recipe['generation_only']:,} more drawing requests (generation file).{extra_line}
 
 | stage | data | steps (batch {recipe['batch_size']}) | learning rate |
 |---|---|---|---|
-| VQVAE (`python -m transformers_vargpt.training.vqvae`) | rendered pictures, palette and random colours | see its options | |
+| VQVAE (`python -m transformers_vargpt.training.vqvae`): a first run, a sharpening run, then a decoder-only run (`--decoder_only`: codes unchanged) | rendered pictures, palette and random colours | see the recipe's `vqvae_*_args` | |
 | CLIP tower alone: name shape, colour, background (`bundled.vision_pretraining`) | rendered pictures, half in random colours | {recipe['vision_steps']} (batch {recipe['vision_batch_size']}) | {recipe['vision_learning_rate']} |
 {understanding_row}| 0: from scratch, everything but the VQVAE and the tower | mixed | {recipe['stage0_steps']} | {recipe['stage0_learning_rate']} |
 {stage_rows}
 {vqvae_line}
-Time: {timings}.
+Time: {timings}.{timings_note}
 
 ## Evaluation on the held-out combinations (`python -m transformers_vargpt.bundled.evaluate`)
 

@@ -119,6 +119,12 @@ class VQVAETrainingArguments:
         default=None,
         metadata={"help": "Start from the VQVAE saved in this directory (its sizes win) instead of a fresh one."},
     )
+    decoder_only: bool = field(
+        default=False,
+        metadata={"help": "Train only the decoder (and post_quant_conv) of the --init_from VQVAE: encoder, quantizer "
+                          "and codebook stay frozen, so every picture keeps its codes and anything trained on them "
+                          "stays valid; only how codes are drawn back into pixels changes (e.g. sharper corners)."},
+    )
     eval_only: bool = field(default=False, metadata={"help": "Only evaluate the VQVAE already saved in --output."})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)."})
     device: str = field(default="cpu", metadata={"help": "Where to train and evaluate (cpu, cuda, ...)."})
@@ -146,6 +152,8 @@ class VQVAETrainingArguments:
             raise ValueError(f"codebook_ema_decay must be in [0, 1), got {self.codebook_ema_decay}")
         if self.restart_every < 1:
             raise ValueError(f"restart_every must be >= 1, got {self.restart_every}")
+        if self.decoder_only and not self.init_from and not self.eval_only:
+            raise ValueError("--decoder_only trains the decoder of a trained VQVAE: give it with --init_from DIR")
 
     def vqvae_config(self) -> VargptVQVAEConfig:
         """The config of the VQVAE these arguments train (sizes are checked by `VargptVQVAEConfig`)."""
@@ -333,6 +341,8 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     if model is None:
+        if args.decoder_only:
+            raise ValueError("decoder_only needs a trained VQVAE to start from")
         model = VargptVQVAE(args.vqvae_config())
         reset_conv_weights(model)
     model.to(args.device).train()
@@ -340,6 +350,9 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
     ema = None
     if args.codebook_ema_decay > 0:
         codebook.requires_grad_(False)  # the running means set it
+    if args.decoder_only:
+        for frozen in (model.encoder, model.quant_conv, model.quantizer):
+            frozen.requires_grad_(False)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=args.weight_decay)
     usage = CodebookUsage(model.config.vocab_size)
@@ -370,17 +383,19 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, args.max_grad_norm)
         optimizer.step()
-        if ema is not None:
+        if ema is not None:  # never with decoder_only: the codebook stays as it is
             ema.update(codebook, indices, vectors)
 
         usage.update(indices)
         # step 0 re-initialises the codes the first batch left unused: the codebook starts from encoder outputs
-        if (step == 0 or (step + 1) % args.restart_every == 0) and step < args.steps - args.final_steps_without_restarts:
+        restart_now = step == 0 or (step + 1) % args.restart_every == 0
+        if restart_now and not args.decoder_only and step < args.steps - args.final_steps_without_restarts:
             dead = torch.nonzero(usage.hits == 0).flatten()
             restarted += usage.restart_dead_codes(model.quantizer, torch.cat(vectors), generator, optimizer)
             if ema is not None:
                 ema.restarted(codebook, dead.to(codebook.device))
-        if ema is None and args.codebook_ema_decay > 0:  # after the first restart: running means from encoder outputs
+        if ema is None and args.codebook_ema_decay > 0 and not args.decoder_only:
+            # after the first restart: running means from encoder outputs
             ema = CodebookEMA(codebook, args.codebook_ema_decay)
         for name, value in {"loss": loss, **losses}.items():
             running[name] = running.get(name, 0.0) + value.item()
