@@ -44,6 +44,9 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
                       "shape is learnt apart from the colour pair it is drawn in.")
     timings = ", ".join(f"{key} {value:.0f} s" for key, value in report.get("timings_seconds", {}).items())
     timings_note = f" ({report['timings_note']})" if report.get("timings_note") else ""
+    runs = ["a first run"] + (["a sharpening run"] if recipe.get("vqvae_sharpen_args") else [])
+    runs += ["a decoder-only run (`--decoder_only`: codes unchanged)"] if recipe.get("vqvae_decoder_args") else []
+    vqvae_runs = ": " + ", then ".join(runs) if len(runs) > 1 else ""
     sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items())
     vqvae_line = ""
     if vqvae_eval is not None:
@@ -91,7 +94,7 @@ one to {recipe['questions_per_image']} questions and {recipe['mixed_generation']
 
 | stage | data | steps (batch {recipe['batch_size']}) | learning rate |
 |---|---|---|---|
-| VQVAE (`python -m transformers_vargpt.training.vqvae`): a first run, a sharpening run, then a decoder-only run (`--decoder_only`: codes unchanged) | rendered pictures, palette and random colours | see the recipe's `vqvae_*_args` | |
+| VQVAE (`python -m transformers_vargpt.training.vqvae`){vqvae_runs} | rendered pictures, palette and random colours | see the recipe's `vqvae_*_args` | |
 | CLIP tower alone: name shape, colour, background (`bundled.vision_pretraining`) | rendered pictures, half in random colours | {recipe['vision_steps']} (batch {recipe['vision_batch_size']}) | {recipe['vision_learning_rate']} |
 {understanding_row}| 0: from scratch, everything but the VQVAE and the tower | mixed | {recipe['stage0_steps']} | {recipe['stage0_learning_rate']} |
 {stage_rows}
