@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .dataset import DRAWING_BOX, EXTRA_DRAWING_COLORS, scaled_box
+from .dataset import DRAWING_BOX, EXTRA_DRAWING_COLORS, scaled_box, world_texts
 from .model import BundledSizes
 
 logger = logging.getLogger("transformers_vargpt.bundled")
@@ -135,6 +135,16 @@ class Recipe:
     eval_seeds: tuple[int, ...] = (0, 1)
     eval_images_per_combination: int = 4
 
+    def drawing_extra_colors(self) -> dict[str, tuple[int, int, int]]:
+        """The extra colours generation rows draw in (name -> RGB); empty when the recipe draws the palette only."""
+        unknown = sorted(set(self.extra_drawing_colors) - set(EXTRA_DRAWING_COLORS))
+        if unknown:
+            raise ValueError(f"extra_drawing_colors {unknown} are not in bundled.dataset.EXTRA_DRAWING_COLORS "
+                             f"({', '.join(EXTRA_DRAWING_COLORS)})")
+        if not self.extra_drawing_share:
+            return {}
+        return {name: EXTRA_DRAWING_COLORS[name] for name in self.extra_drawing_colors}
+
     @classmethod
     def smoke(cls) -> "Recipe":
         return cls(
@@ -165,12 +175,9 @@ class Recipe:
 def write_data(recipe: Recipe, data_dir: Path, seed: int) -> dict[str, Path]:
     from .dataset import write_shapes_world_dataset
 
-    unknown = sorted(set(recipe.extra_drawing_colors) - set(EXTRA_DRAWING_COLORS))
-    if unknown:
-        raise ValueError(f"extra_drawing_colors {unknown} are not in bundled.dataset.EXTRA_DRAWING_COLORS "
-                         f"({', '.join(EXTRA_DRAWING_COLORS)})")
-    extra = {"extra_drawing_colors": {name: EXTRA_DRAWING_COLORS[name] for name in recipe.extra_drawing_colors},
-             "extra_drawing_share": recipe.extra_drawing_share if recipe.extra_drawing_colors else 0.0}
+    extra_colors = recipe.drawing_extra_colors()
+    extra = {"extra_drawing_colors": extra_colors,
+             "extra_drawing_share": recipe.extra_drawing_share if extra_colors else 0.0}
 
     return {
         "mixed": write_shapes_world_dataset(
@@ -275,7 +282,6 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     from .from_scratch import train_from_scratch
     from .model import build_untrained_model, count_parameters, load_vqvae
     from .model_card import write_model_card
-    from .dataset import world_texts
     from .tokenizer import build_shapes_tokenizer
     from .vision_pretraining import pretrain_vision_tower
 
@@ -293,9 +299,8 @@ def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Pa
     timings["vqvae"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    extra_words = recipe.extra_drawing_colors if recipe.extra_drawing_share else ()
-    model, processor = build_untrained_model(build_shapes_tokenizer(world_texts(extra_words)), vqvae, recipe.sizes,
-                                             seed)
+    tokenizer = build_shapes_tokenizer(world_texts(tuple(recipe.drawing_extra_colors())))
+    model, processor = build_untrained_model(tokenizer, vqvae, recipe.sizes, seed)
     parameters = count_parameters(model)
     logger.info(f"parameters: {parameters}")
     vision_metrics = pretrain_vision_tower(model, processor.image_processor, recipe.vision_steps,

@@ -153,13 +153,12 @@ def write_shapes_world_dataset(
     combinations = list(combinations if combinations is not None else training_combinations())
     if not combinations:
         raise ValueError("no combinations to draw from")
+    colors = {**palette, **(extra_drawing_colors or {})}  # what the pictures may be rendered in
     extra_stream = None
     if extra_drawing_share:
         # every pair with at least one extra colour: a palette combination never comes from here, held out or not
-        colors = {**palette, **extra_drawing_colors}
         extra_combinations = [(color, shape, background) for color, shape, background in all_combinations(colors)
                               if color in extra_drawing_colors or background in extra_drawing_colors]
-        palette = colors
         extra_stream = _balanced_stream(random.Random(seed + 7919), extra_combinations)
     directory = Path(directory)
     (directory / "images").mkdir(parents=True, exist_ok=True)
@@ -189,7 +188,7 @@ def write_shapes_world_dataset(
             continue
         if kind == "generation" and drawing_box is not None:
             scene = replace(scene, box=drawing_box)
-        render(scene, image_size, palette).save(directory / relative)
+        render(scene, image_size, colors).save(directory / relative)
         if kind == "understanding":
             # the first question cycles through the kinds; follow-up turns (up to `questions_per_image`) ask others
             first = question_kinds[understanding_index % len(question_kinds)]
@@ -239,5 +238,5 @@ def world_texts(extra_colors: tuple[str, ...] | list[str] = ()) -> list[str]:
     return texts
 
 
-__all__ = ["KINDS", "DRAWING_BOX", "EXTRA_DRAWING_COLORS", "scaled_box", "QUESTION_PARAPHRASES", "PROMPT_PARAPHRASES", "GENERATION_ANSWER",
-           "write_shapes_world_dataset", "world_texts"]
+__all__ = ["KINDS", "DRAWING_BOX", "EXTRA_DRAWING_COLORS", "scaled_box", "QUESTION_PARAPHRASES", "PROMPT_PARAPHRASES",
+           "GENERATION_ANSWER", "write_shapes_world_dataset", "world_texts"]

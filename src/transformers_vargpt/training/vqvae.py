@@ -348,6 +348,8 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
     model.to(args.device).train()
     codebook = model.quantizer.codebook.weight
     ema = None
+    # the codebook's upkeep (running means, dead-code restarts): off when only the decoder trains
+    codebook_upkeep = not args.decoder_only
     if args.codebook_ema_decay > 0:
         codebook.requires_grad_(False)  # the running means set it
     if args.decoder_only:
@@ -383,20 +385,19 @@ def train_vqvae(args: VQVAETrainingArguments, model: VargptVQVAE | None = None) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, args.max_grad_norm)
         optimizer.step()
-        if ema is not None:  # never with decoder_only: the codebook stays as it is
+        if ema is not None:
             ema.update(codebook, indices, vectors)
 
         usage.update(indices)
         # step 0 re-initialises the codes the first batch left unused: the codebook starts from encoder outputs
         restart_now = step == 0 or (step + 1) % args.restart_every == 0
-        if restart_now and not args.decoder_only and step < args.steps - args.final_steps_without_restarts:
+        if codebook_upkeep and restart_now and step < args.steps - args.final_steps_without_restarts:
             dead = torch.nonzero(usage.hits == 0).flatten()
             restarted += usage.restart_dead_codes(model.quantizer, torch.cat(vectors), generator, optimizer)
             if ema is not None:
                 ema.restarted(codebook, dead.to(codebook.device))
-        if ema is None and args.codebook_ema_decay > 0 and not args.decoder_only:
-            # after the first restart: running means from encoder outputs
-            ema = CodebookEMA(codebook, args.codebook_ema_decay)
+        if codebook_upkeep and ema is None and args.codebook_ema_decay > 0:
+            ema = CodebookEMA(codebook, args.codebook_ema_decay)  # after the first restart: from encoder outputs
         for name, value in {"loss": loss, **losses}.items():
             running[name] = running.get(name, 0.0) + value.item()
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
