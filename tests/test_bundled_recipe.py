@@ -178,8 +178,33 @@ def test_recipe_fields_can_be_changed_by_name():
         with_overrides(Recipe(), ["stage0_stepz=3"])
     with pytest.raises(SystemExit, match="expects FIELD=VALUE"):
         with_overrides(Recipe(), ["stage0_steps"])
-    with pytest.raises(SystemExit, match="a stage takes steps, learning_rate or data"):
+    with pytest.raises(SystemExit, match="a stage takes data, steps, learning_rate, batch_size"):
         with_overrides(Recipe(), ["stage3_batch=3"])
+
+
+def test_stage_settings_become_vargpt_train_options():
+    """A stage's batch size, warm-up, schedule and beta2 reach `vargpt-train`; left unset, its own defaults stay."""
+    from transformers_vargpt.bundled.build import Recipe, StageSettings, with_overrides
+    from transformers_vargpt.training.cli import VargptTrainParser
+
+    def options(settings: StageSettings) -> dict:
+        args = settings.trainer_args(default_batch_size=32)
+        return dict(zip(args[::2], args[1::2]))
+
+    plain = options(StageSettings("mixed", 200, 3e-4))
+    assert plain == {"--max_steps": "200", "--per_device_train_batch_size": "32", "--learning_rate": "0.0003",
+                     "--warmup_steps": "0.05"}
+    tuned = with_overrides(Recipe(), ["stage3_batch_size=8", "stage3_lr_scheduler_type=constant_with_warmup",
+                                      "stage3_adam_beta2=0.9", "stage3_warmup_steps=10"])
+    assert options(dict(tuned.stages)[3]) == {
+        "--max_steps": str(dict(Recipe().stages)[3].steps), "--per_device_train_batch_size": "8",
+        "--learning_rate": str(dict(Recipe().stages)[3].learning_rate), "--warmup_steps": "10",
+        "--lr_scheduler_type": "constant_with_warmup", "--adam_beta2": "0.9"}
+    # and vargpt-train reads them into its training arguments
+    _, parsed = VargptTrainParser().parse_args_and_config(
+        ["--stage", "3", "--model", "m", "--data", "d.jsonl", "--output", "o", *dict(tuned.stages)[3].trainer_args(32)])
+    assert parsed.per_device_train_batch_size == 8 and parsed.adam_beta2 == 0.9 and parsed.warmup_steps == 10
+    assert parsed.lr_scheduler_type == "constant_with_warmup"
 
 
 def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):

@@ -10,6 +10,19 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _stage_steps(settings: dict) -> str:
+    """A stage's steps, with its batch size where it is not the recipe's."""
+    batch = settings.get("batch_size")
+    return f"{settings['steps']}" + (f" (batch {batch})" if batch else "")
+
+
+def _stage_schedule(settings: dict) -> str:
+    """A stage's schedule and AdamW beta2 where they are not `vargpt-train`'s defaults (cosine, 0.999)."""
+    changes = [settings[key] if key == "lr_scheduler_type" else f"beta2 {settings[key]}"
+               for key in ("lr_scheduler_type", "adam_beta2") if settings.get(key) is not None]
+    return f" ({', '.join(changes)})" if changes else ""
+
+
 def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) -> Path:
     """Write `output/README.md`: what the model is, how it was trained, its held-out numbers and sample grid."""
     generation = report["generation"]
@@ -28,8 +41,8 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
         for result in questions.values()
     )
     stage_rows = "\n".join(
-        f"| {stage} (`vargpt-train --stage {stage}`) | {settings['data']} | {settings['steps']} | "
-        f"{settings['learning_rate']} |"
+        f"| {stage} (`vargpt-train --stage {stage}`) | {settings['data']} | {_stage_steps(settings)} | "
+        f"{settings['learning_rate']}{_stage_schedule(settings)} |"
         for stage, settings in recipe["stages"]
     )
     understanding_row = ""
