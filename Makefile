@@ -65,7 +65,7 @@ BUNDLED_MODEL_DIR := src/transformers_vargpt/bundled_model
 bundled-model: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) -m transformers_vargpt.bundled.build --output $(BUNDLED_MODEL_DIR) $(ARGS)
 
-# The pink LoRA adapters committed at examples/adapters/pink (seeded; about 7.5 minutes on 2 CPU cores): data, training
+# The pink LoRA adapters committed at examples/adapters/pink (seeded; 6-7.5 minutes on 2 CPU cores): data, training
 # on the bundled model, before/after evaluation; the run's other files go to outputs/pink/.
 pink-adapter: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 $(PY) examples/teach_pink_lora.py --output-dir outputs/pink --copy-to examples/adapters/pink $(ARGS)

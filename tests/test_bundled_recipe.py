@@ -212,7 +212,7 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     from transformers import AutoProcessor
 
     from transformers_vargpt import VargptForConditionalGeneration, VargptPipeline
-    from transformers_vargpt.bundled.build import main
+    from transformers_vargpt.bundled.build import Recipe, main
 
     output = tmp_path / "model"
     main(["--smoke", "--output", str(output), "--work-dir", str(tmp_path / "work")])
@@ -234,6 +234,9 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     model = VargptForConditionalGeneration.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert model.generation_config.image_generation["top_k"] == report["generation"]["sampling"]["top_k"]
+    negative = processor(text=Recipe.smoke().negative_prompt, generation_mode="image")["input_ids"][0]
+    assert model.generation_config.image_generation["negative_prompt_ids"] == [int(i) for i in negative]
+    assert report["generation"]["negative_prompt"] == processor.decode(negative)
     assert processor.patch_nums == model.config.vq_config.scale_sizes
     pipe = VargptPipeline.from_pretrained(str(output))
     image = pipe("Draw a red circle on a blue background.", generator=torch.Generator().manual_seed(0)).images[0]

@@ -123,14 +123,17 @@ def test_generate_passes_only_the_sampling_options_given(model_dir, workdir, mon
 
     monkeypatch.setattr(VargptPipeline, "__call__", spy)
     assert main(["generate", PROMPT, "-o", "a.png", "--model", model_dir]) == 0
-    given = ["--top-k", "5", "--top-p", "0.5", "--guidance-scale", "2.5", "--seed", "3"]
+    given = ["--top-k", "5", "--top-p", "0.5", "--guidance-scale", "2.5", "--temperature", "0.7", "--seed", "3",
+             "--negative-prompt", "a dark picture"]
     assert main(["generate", PROMPT, "-o", "b.png", "--model", model_dir, *given]) == 0
-    sampling = ("top_k", "top_p", "guidance_scale", "temperature", "do_sample")
+    sampling = ("top_k", "top_p", "guidance_scale", "temperature", "do_sample", "negative_prompt")
     assert not any(name in calls[0] for name in sampling) and calls[0]["generator"] is None
-    assert {name: calls[1][name] for name in ("top_k", "top_p", "guidance_scale")} == {
+    assert {name: calls[1][name] for name in sampling if name != "do_sample"} == {
         "top_k": 5,
         "top_p": 0.5,
         "guidance_scale": 2.5,
+        "temperature": 0.7,
+        "negative_prompt": "a dark picture",
     }
     assert calls[1]["generator"].initial_seed() == 3
 
@@ -225,6 +228,9 @@ def corrupt_image(workdir) -> str:
         (["generate", PROMPT, "-o", "inputs"], "is a directory"),
         (["generate", PROMPT, "-o", "out.xyz"], "image format"),
         (["generate", PROMPT, "-o", "out.png", "--device", "tpu:x"], "unknown device"),
+        (["generate", PROMPT, "-o", "out.png", "--negative-prompt", " "], "negative prompt is empty"),
+        (["generate", PROMPT, "-o", "out.png", "--negative-prompt", "dark", "--guidance-scale", "1"],
+         "needs --guidance-scale above 1"),
         (["chat", "--image", "missing.png"], "missing.png"),
     ],
 )
@@ -260,6 +266,7 @@ def test_a_directory_without_a_model_gets_one_line(workdir, capsys):
         ["generate", PROMPT, "-o", "out.png", "--top-k", "-1"],
         ["generate", PROMPT, "-o", "out.png", "--num-images", "0"],
         ["generate", PROMPT, "-o", "out.png", "--guidance-scale", "nan"],
+        ["generate", PROMPT, "-o", "out.png", "--temperature", "0"],
         ["generate", PROMPT, "-o", "out.png", "--dtype", "int8"],
         ["generate", PROMPT],
         ["ask", "image.png"],

@@ -177,6 +177,33 @@ def test_saved_generation_config_changes_the_image_defaults(tiny_model, tmp_path
     assert torch.equal(loaded.generate_images(PROMPT, guidance_scale=1.0).image_tokens, greedy)
 
 
+def test_default_negative_prompt_is_what_guidance_reads(tiny_model):
+    """`negative_prompt_ids` in the image settings: the unconditional rows read them, exactly as if they were passed
+    as negative prompts; without guidance they change nothing; explicit negative prompts win."""
+    model = tiny_model()
+    negative = torch.tensor([[1, 13, 14, 15]])
+    explicit = model.generate_images(PROMPT.repeat(2, 1), do_sample=False, guidance_scale=3.0,
+                                     negative_input_ids=negative.repeat(2, 1)).image_tokens
+    same_prompt = model.generate_images(PROMPT, do_sample=False, guidance_scale=3.0).image_tokens
+    unguided = model.generate_images(PROMPT, do_sample=False).image_tokens
+    assert not torch.equal(explicit[:1], same_prompt)  # the negative prompt matters here
+    model.generation_config.image_generation = {"do_sample": False, "guidance_scale": 3.0,
+                                                "negative_prompt_ids": negative[0].tolist()}
+    assert torch.equal(model.generate_images(PROMPT.repeat(2, 1)).image_tokens, explicit)
+    assert torch.equal(model.generate_images(PROMPT, guidance_scale=1.0).image_tokens, unguided)
+    other = torch.tensor([[1, 16, 17]])
+    assert torch.equal(model.generate_images(PROMPT, negative_input_ids=other).image_tokens,
+                       model.generate_images(PROMPT, negative_input_ids=other, negative_prompt_ids=[1, 2]).image_tokens)
+
+
+@pytest.mark.parametrize(("ids", "message"), [([], "non-empty list"), ([1, -2], "integers >= 0"),
+                                              ("1 2", "non-empty list"), ([1, 10**6], "outside the text vocabulary")])
+def test_bad_negative_prompt_ids_are_refused(tiny_model, ids, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model.generate_images(PROMPT, guidance_scale=2.0, negative_prompt_ids=ids)
+
+
 def test_released_generation_config_without_image_settings_uses_the_released_defaults(released_tiny_model):
     assert getattr(released_tiny_model.generation_config, "image_generation", None) is None
     resolved = released_tiny_model.image_generation_config()

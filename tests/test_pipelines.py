@@ -136,6 +136,23 @@ def test_pipeline_defaults_come_from_the_generation_config(golden, t2i_descripti
     assert pipe.guidance_scale == 1.0
 
 
+def test_pipeline_guidance_reads_the_default_negative_prompt(golden, t2i_description):
+    """A model whose generation config names a negative prompt: the pipeline draws as if it were given."""
+    pipe = VargptPipeline.from_pretrained(TINY, **golden["reference_hparams"])
+    pipe.set_progress_bar_config(disable=True)
+    negative = "a blurry picture"
+    explicit = pipe(t2i_description, negative_prompt=negative, do_sample=False, guidance_scale=2.0, output_type="pt")
+    same_prompt = pipe(t2i_description, do_sample=False, guidance_scale=2.0, output_type="pt")
+    ids = pipe.processor(text=negative, generation_mode="image")["input_ids"][0]
+    pipe.model.generation_config.image_generation = {"negative_prompt_ids": [int(i) for i in ids]}
+    default = pipe(t2i_description, do_sample=False, guidance_scale=2.0, output_type="pt")
+    assert torch.equal(default.image_tokens, explicit.image_tokens)
+    assert not torch.equal(default.image_tokens, same_prompt.image_tokens)
+    other = pipe(t2i_description, negative_prompt="a dark picture", do_sample=False, guidance_scale=2.0,
+                 output_type="pt")
+    assert not torch.equal(other.image_tokens, default.image_tokens)  # an explicit negative prompt wins
+
+
 def test_progress_bar_advances_once_per_scale(released_pipe, t2i_description):
     stream = io.StringIO()
     released_pipe.set_progress_bar_config(file=stream, mininterval=0, disable=False)

@@ -146,6 +146,12 @@ def require_text(text: str, what: str) -> str:
     return text
 
 
+def require_guidance_for_negative_prompt(guidance_scale: float) -> None:
+    if guidance_scale <= 1:
+        raise CliError("--negative-prompt steers classifier-free guidance: it needs --guidance-scale above 1 "
+                       f"(the guidance scale here is {guidance_scale:g})")
+
+
 def read_image(path: str) -> Image.Image:
     try:
         return load_rgb_image(path)
@@ -174,11 +180,18 @@ def output_paths(output: str, count: int) -> list[Path]:
 # ---- subcommands -----------------------------------------------------------------------------------------------
 def run_generate(args: argparse.Namespace) -> None:
     prompt = require_text(args.prompt, "prompt")
+    if args.negative_prompt is not None:
+        require_text(args.negative_prompt, "negative prompt")
+        if args.guidance_scale is not None:
+            require_guidance_for_negative_prompt(args.guidance_scale)
     paths = output_paths(args.output, args.num_images)
     pipe = load_pipeline(args)
     # only what the user gave: the rest comes from the model's saved generation config
-    sampling = {name: getattr(args, name) for name in ("guidance_scale", "top_k", "top_p")}
+    sampling = {name: getattr(args, name) for name in ("guidance_scale", "top_k", "top_p", "temperature")}
     sampling = {name: value for name, value in sampling.items() if value is not None}
+    if args.negative_prompt is not None:
+        require_guidance_for_negative_prompt(pipe.model.image_generation_config(**sampling).guidance_scale)
+        sampling["negative_prompt"] = args.negative_prompt
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=pipe.model.device).manual_seed(args.seed)
@@ -229,6 +242,7 @@ positive_int = _number(int, lambda value: value >= 1, "at least 1")
 non_negative_int = _number(int, lambda value: value >= 0, "0 or more")
 probability = _number(float, lambda value: 0 < value <= 1, "in (0, 1]")
 finite_float = _number(float, math.isfinite, "finite")
+positive_float = _number(float, lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance-scale", type=finite_float, help="classifier-free guidance; <= 1 disables it")
     generate.add_argument("--top-k", type=non_negative_int, help="sample codes among the k likeliest (0: all)")
     generate.add_argument("--top-p", type=probability, help="nucleus sampling of codes (1: off)")
+    generate.add_argument("--temperature", type=positive_float, help="divides the code logits before sampling")
+    generate.add_argument("--negative-prompt", help="what guidance steers away from (default: the model's saved "
+                          "negative prompt, else the prompt itself)")
     generate.add_argument("--num-images", type=positive_int, default=1, help="how many images (default 1)")
     generate.set_defaults(run=run_generate)
 

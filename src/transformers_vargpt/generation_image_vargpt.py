@@ -118,6 +118,24 @@ class VargptImageGenerationMixin:
             setattr(generation_config, name, value)
         return generation_config
 
+    def default_negative_prompt(
+        self, generation_config: GenerationConfig, num_prompts: int, device: torch.device | None = None
+    ) -> tuple[torch.LongTensor, torch.Tensor] | None:
+        """The generation config's `negative_prompt_ids` as one negative prompt per prompt: (ids, attention mask),
+        each `num_prompts`×T'; None when the config has none (guidance then reads the prompts themselves)."""
+        ids = getattr(generation_config, "negative_prompt_ids", None)
+        if ids is None:
+            return None
+        vocab_size = self.config.text_config.vocab_size
+        if any(i >= vocab_size for i in ids):
+            raise ValueError(
+                f"negative_prompt_ids {list(ids)} hold ids outside the text vocabulary (size {vocab_size}): "
+                "write them with this model's processor"
+            )
+        device = self.execution_device if device is None else device
+        negative_ids = torch.tensor([list(ids)], dtype=torch.long, device=device).expand(num_prompts, -1)
+        return negative_ids, torch.ones_like(negative_ids)
+
     # ---- prefill and guidance expansion -------------------------------------------------------------------------
     def _prompts_ending_with_start(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor
@@ -357,8 +375,10 @@ class VargptImageGenerationMixin:
             scale_callback: called after every scale as `scale_callback(scale_index, {"f_hat": B×Cvae×S×S,
                 "image_tokens": B×l codes so far})` (e.g. to preview the image sharpening).
             negative_input_ids (B×T', optional), negative_attention_mask: left-padded negative prompts; with
-                guidance, the unconditional rows read them instead of the prompts.
-            kwargs: `do_sample`, `top_k`, `top_p`, `temperature`, `guidance_scale`, overriding the generation config.
+                guidance, the unconditional rows read them instead of the prompts (default: the generation config's
+                `negative_prompt_ids` where it has them, else the prompts themselves).
+            kwargs: `do_sample`, `top_k`, `top_p`, `temperature`, `guidance_scale`, `negative_prompt_ids`, overriding
+                the generation config.
                 `do_sample=False` or `top_k=1` is greedy; `guidance_scale` is classifier-free guidance against the
                 unconditional class row, ramped over the scales (<= 1: off).
 
@@ -371,6 +391,10 @@ class VargptImageGenerationMixin:
         check_generator(generator)
         image_config = self.image_generation_config(generation_config, **kwargs)
         sampler = CodeSampler(image_config, self.model.scale_decoder.scale_sizes, logits_processor)
+        if sampler.guided and negative_input_ids is None:
+            default = self.default_negative_prompt(image_config, input_ids.shape[0])
+            if default is not None:
+                negative_input_ids, negative_attention_mask = default
         state = self.prepare_next_scale_state(
             input_ids,
             attention_mask,

@@ -56,7 +56,11 @@ class VargptInterleavedOutput(ModelOutput):
 
 # The released sampling of image codes (VAR's top-k / top-p); a model's `generation_config.image_generation`
 # (saved in generation_config.json) overrides them, explicit `generate_images` arguments override both.
-IMAGE_GENERATION_DEFAULTS = {"do_sample": True, "top_k": 900, "top_p": 0.95, "temperature": 1.0, "guidance_scale": 1.0}
+# `negative_prompt_ids`: the token ids of a prompt to draw, as the processor writes it (`generation_mode="image"`),
+# that guidance's unconditional rows read when no negative prompt is given (None: they read the prompt itself, as the
+# released model does); a model trained to draw from a generic request sets it to that request.
+IMAGE_GENERATION_DEFAULTS = {"do_sample": True, "top_k": 900, "top_p": 0.95, "temperature": 1.0, "guidance_scale": 1.0,
+                             "negative_prompt_ids": None}
 
 
 def check_image_generation_config(generation_config: GenerationConfig) -> None:
@@ -77,6 +81,16 @@ def check_image_generation_config(generation_config: GenerationConfig) -> None:
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
     if not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (<= 1 disables guidance), got {guidance_scale}")
+    negative_prompt_ids = getattr(generation_config, "negative_prompt_ids", None)
+    if negative_prompt_ids is not None and (
+        not isinstance(negative_prompt_ids, (list, tuple))
+        or not negative_prompt_ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in negative_prompt_ids)
+    ):
+        raise ValueError(
+            "negative_prompt_ids must be None or a non-empty list of token ids (integers >= 0), "
+            f"got {negative_prompt_ids!r}"
+        )
 
 
 class ScaleRampedGuidanceLogitsProcessor(LogitsProcessor):

@@ -155,9 +155,11 @@ class VargptPipeline(DiffusionPipeline):
         """Text-to-image prompts → the LLM's input embeddings (B×T×H, left-padded, ending with
         `<|image_gen_start|>`) and attention masks (B×T), and the same for the negative prompts.
 
-        Precomputed embeddings are passed through (their masks default to all ones). Without a negative prompt the
-        negative embeddings are `None`: guidance then reads the prompt itself with the unconditional class row. A
-        single negative prompt serves every prompt; negative prompts are only used with guidance.
+        Precomputed embeddings are passed through (their masks default to all ones). Without a negative prompt,
+        guidance reads the model's default one (its generation config's `negative_prompt_ids`, e.g. a generic
+        drawing request); where the model has none, the negative embeddings are `None` and guidance reads the prompt
+        itself with the unconditional class row. A single negative prompt serves every prompt; negative prompts are
+        only used with guidance.
         """
         device = self._execution_device if device is None else device
         if prompt_embeds is None:
@@ -179,6 +181,14 @@ class VargptPipeline(DiffusionPipeline):
             negative_prompt_embeds, negative_prompt_attention_mask = self.model.prompt_embeddings(
                 attention_mask=negative_prompt_attention_mask, inputs_embeds=negative_prompt_embeds, device=device
             )
+        else:
+            default = self.model.default_negative_prompt(
+                self.model.image_generation_config(), prompt_embeds.shape[0], device
+            )
+            if default is not None:
+                negative_prompt_embeds, negative_prompt_attention_mask = self.model.prompt_embeddings(
+                    *default, device=device
+                )
         return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
 
     def _embed_texts(self, texts: str | list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

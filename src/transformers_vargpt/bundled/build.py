@@ -148,8 +148,17 @@ class Recipe:
     do_sample: bool = True
     top_k: int = 3
     top_p: float = 0.6
-    temperature: float = 1.0
-    guidance_scale: float = 1.0
+    # with the guidance below, 0.7 drew 2-3 points more held-out prompts right than 1.0 on two sets of 4 seeds (79.2%
+    # and 81.2% against 76.7% and 78.5%, 288 drawings each; 0.5: 80.2% on the first), seen combinations the same
+    temperature: float = 0.7
+    # classifier-free guidance against a generic drawing request (`negative_prompt`, saved as the token ids the
+    # unconditional rows read): the prompt's colour and shape words are what it amplifies. The model of 2026-11-28,
+    # seeds 0-4 (360 held-out drawings, temperature 1): 70.3% right without guidance, 77.2% with 1.5 against this
+    # request, 75.3% with 1.25; "Draw a shape." 75.8% (1.5), "Draw a picture." 74.2% (1.5); 2.0 and 3.0 drew fewer
+    # right. Against the prompt itself (the released model's unconditional rows) guidance changed nothing (68.1%).
+    # None: guidance reads the prompt itself
+    guidance_scale: float = 1.5
+    negative_prompt: str | None = "Please generate an image."
     # evaluation
     eval_seeds: tuple[int, ...] = (0, 1)
     eval_images_per_combination: int = 4
@@ -267,11 +276,18 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
     """Copy the trained model's files into `output` with the recipe's sampling defaults."""
     from transformers import GenerationConfig
 
+    from ..processing_vargpt import VargptProcessor
+
     output.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, output / name)
     saved = GenerationConfig.from_pretrained(model_dir)
+    negative_prompt_ids = None
+    if recipe.negative_prompt is not None:  # as the processor writes a prompt to draw, which the model then reads
+        processor = VargptProcessor.from_pretrained(model_dir)
+        negative_prompt_ids = processor(text=recipe.negative_prompt, generation_mode="image")["input_ids"][0]
+        negative_prompt_ids = [int(i) for i in negative_prompt_ids]
     generation_config = GenerationConfig(
         bos_token_id=saved.bos_token_id,
         eos_token_id=saved.eos_token_id,
@@ -284,6 +300,7 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
             "top_p": recipe.top_p,
             "temperature": recipe.temperature,
             "guidance_scale": recipe.guidance_scale,
+            "negative_prompt_ids": negative_prompt_ids,
         },
     )
     generation_config.save_pretrained(output)

@@ -68,14 +68,22 @@ def answer_is_right(kind: str, answer: str, scene: Scene) -> bool:
 def evaluate_generation(model, processor, combinations, seeds, batch_size: int = 24,
                         sampling: dict | None = None, palette: dict = PALETTE) -> dict:
     """Draw every combination × phrasing × seed with the model's default sampling (or `sampling`'s changes to it:
-    top_k, top_p, temperature, guidance_scale, do_sample); check each picture's pixels against `palette` (default:
-    the world's). Returns counts and samples."""
+    top_k, top_p, temperature, guidance_scale, do_sample, negative_prompt_ids); check each picture's pixels against
+    `palette` (default: the world's). Returns counts and samples."""
+    unknown = set(sampling or {}) - set(IMAGE_GENERATION_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown image sampling settings {sorted(unknown)}; expected some of "
+                        f"{sorted(IMAGE_GENERATION_DEFAULTS)}")
     requests = [
         (Scene(shape=shape, color=color, background=background), template, seed)
         for seed in seeds
         for template in range(len(GENERATION_PROMPTS))
         for color, shape, background in combinations
     ]
+    # the saved settings with `sampling`'s changes, None included (a None negative prompt: guidance reads the prompt)
+    image_config = model.image_generation_config()
+    for key, value in (sampling or {}).items():
+        setattr(image_config, key, value)
     samples = []
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
@@ -84,7 +92,7 @@ def evaluate_generation(model, processor, combinations, seeds, batch_size: int =
         # one generator per chunk, seeded by the chunk's first request: the same settings give the same pictures
         generator = torch.Generator(model.device).manual_seed(1000 * chunk[0][2] + start)
         output = model.generate_images(inputs["input_ids"], inputs["attention_mask"], generator=generator,
-                                       **(sampling or {}))
+                                       generation_config=image_config)
         pictures = (output.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         for (scene, template, seed), picture in zip(chunk, pictures):
             checked = check_image(picture, palette)
@@ -166,13 +174,17 @@ def evaluate(model_path: str, output_dir: Path | None, seeds: list[int], images_
     combinations = held_out_combinations()
     sampling = {**image_sampling_defaults(model), **(sampling or {})}
     start = time.perf_counter()
+    # the negative prompt as the text the unconditional rows read (the settings hold its token ids)
+    negative_ids = sampling.get("negative_prompt_ids")
+    negative_prompt = processor.decode(negative_ids) if negative_ids else None
     generation = evaluate_generation(model, processor, combinations, seeds, sampling=sampling)
     questions = evaluate_questions(model, processor, images_per_combination)
     samples = generation.pop("samples")
     report = {
         "model": str(model_path),
         "held_out_combinations": len(combinations),
-        "generation": {**generation, "seeds": seeds, "prompts": list(GENERATION_PROMPTS), "sampling": sampling},
+        "generation": {**generation, "seeds": seeds, "prompts": list(GENERATION_PROMPTS), "sampling": sampling,
+                       "negative_prompt": negative_prompt},
         "questions": questions,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -208,9 +220,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float, default=None, help="instead of the saved top_p")
     parser.add_argument("--temperature", type=float, default=None, help="instead of the saved temperature")
     parser.add_argument("--guidance-scale", type=float, default=None, help="instead of the saved guidance scale")
+    parser.add_argument("--negative-prompt", default=None,
+                        help="what guidance's unconditional rows read instead of the saved negative prompt "
+                             "(an empty string: the prompt itself)")
     args = parser.parse_args(argv)
     sampling = {key: value for key, value in {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
                                               "guidance_scale": args.guidance_scale}.items() if value is not None}
+    if args.negative_prompt == "":
+        sampling["negative_prompt_ids"] = None
+    elif args.negative_prompt is not None:
+        from transformers import AutoProcessor
+
+        ids = AutoProcessor.from_pretrained(args.model)(text=args.negative_prompt, generation_mode="image")["input_ids"]
+        sampling["negative_prompt_ids"] = [int(i) for i in ids[0]]
     report = evaluate(args.model, args.output_dir, args.seeds, args.images_per_combination, args.device, sampling)
     print(summary(report))
 

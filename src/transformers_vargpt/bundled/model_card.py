@@ -60,7 +60,10 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
     runs = ["a first run"] + (["a sharpening run"] if recipe.get("vqvae_sharpen_args") else [])
     runs += ["a decoder-only run (`--decoder_only`: codes unchanged)"] if recipe.get("vqvae_decoder_args") else []
     vqvae_runs = ": " + ", then ".join(runs) if len(runs) > 1 else ""
-    sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items())
+    sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items()
+                         if key != "negative_prompt_ids")
+    if generation.get("negative_prompt"):
+        sampling += f", guidance against the negative prompt `{generation['negative_prompt']}`"
     vqvae_line = ""
     if vqvae_eval is not None:
         vqvae_line = f"\nVQVAE evaluation (its own `vqvae_eval.json`): `{json.dumps(vqvae_eval)[:400]}`\n"
