@@ -71,6 +71,10 @@ def test_text_to_image_prompt_matches_released_ids(processor, golden, golden_ten
     assert processor.build_text_to_image_prompt(T2I_TEXT) == golden["t2i_prompt"] + "<|image_gen_start|>"
     inputs = processor(text=T2I_TEXT, generation_mode="image", return_tensors="pt")
     assert torch.equal(inputs["input_ids"], golden_tensors["t2i_input_ids"])
+    # the same ids as a plain list (what a generation config's negative_prompt_ids holds)
+    assert processor.text_to_image_prompt_ids(T2I_TEXT) == golden_tensors["t2i_input_ids"][0].tolist()
+    with pytest.raises(ValueError, match="empty"):
+        processor.text_to_image_prompt_ids("  ")
 
 
 def test_image_gen_marker_expands_to_released_generation_sequence(processor, golden, golden_tensors):

@@ -242,7 +242,9 @@ class VargptPipeline(DiffusionPipeline):
                 user turn of the chat template and appends `<|image_gen_start|>`. Or pass `prompt_embeds`.
             negative_prompt (`str` or `list[str]`, *optional*):
                 With guidance (`guidance_scale > 1`), what the unconditional branch reads instead of the prompt
-                (with the unconditional class row as always); one for all prompts or one per prompt.
+                (with the unconditional class row as always); one for all prompts or one per prompt. Default: the
+                model's `generation_config.image_generation["negative_prompt_ids"]` where it has them, else the
+                prompt itself.
             num_images_per_prompt (`int`, defaults to 1): images per prompt (consecutive in the output).
             guidance_scale (`float`, *optional*):
                 Classifier-free guidance against the unconditional class row that training's condition dropout

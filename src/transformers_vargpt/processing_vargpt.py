@@ -154,6 +154,11 @@ class VargptProcessor(ProcessorMixin):
         conversation = [{"role": "user", "content": [{"type": "text", "text": text}]}]
         return self.apply_chat_template(conversation, add_generation_prompt=True) + IMAGE_GEN_START_TOKEN
 
+    def text_to_image_prompt_ids(self, text: str) -> list[int]:
+        """The token ids of the prompt asking to draw `text`, as `generate_images` reads them (what a generation
+        config's `image_generation["negative_prompt_ids"]` holds)."""
+        return [int(i) for i in self(text=text, generation_mode="image")["input_ids"][0]]
+
     def __call__(
         self,
         images: Any = None,

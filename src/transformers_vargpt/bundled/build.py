@@ -284,10 +284,8 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
             shutil.copy2(model_dir / name, output / name)
     saved = GenerationConfig.from_pretrained(model_dir)
     negative_prompt_ids = None
-    if recipe.negative_prompt is not None:  # as the processor writes a prompt to draw, which the model then reads
-        processor = VargptProcessor.from_pretrained(model_dir)
-        negative_prompt_ids = processor(text=recipe.negative_prompt, generation_mode="image")["input_ids"][0]
-        negative_prompt_ids = [int(i) for i in negative_prompt_ids]
+    if recipe.negative_prompt is not None:
+        negative_prompt_ids = VargptProcessor.from_pretrained(model_dir).text_to_image_prompt_ids(recipe.negative_prompt)
     generation_config = GenerationConfig(
         bos_token_id=saved.bos_token_id,
         eos_token_id=saved.eos_token_id,

@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.negative_prompt is not None:
         from transformers import AutoProcessor
 
-        ids = AutoProcessor.from_pretrained(args.model)(text=args.negative_prompt, generation_mode="image")["input_ids"]
-        sampling["negative_prompt_ids"] = [int(i) for i in ids[0]]
+        processor = AutoProcessor.from_pretrained(args.model)
+        sampling["negative_prompt_ids"] = processor.text_to_image_prompt_ids(args.negative_prompt)
     report = evaluate(args.model, args.output_dir, args.seeds, args.images_per_combination, args.device, sampling)
     print(summary(report))
 
