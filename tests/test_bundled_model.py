@@ -36,13 +36,13 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="the bundled weigh
 # held-out (colour, shape, background) triples, never seen in training; and as many seen ones (a fixed sample)
 HELD_OUT = held_out_combinations()
 SEEN = random.Random(0).sample(training_combinations(), len(HELD_OUT))
-# what the tests ask of the shipped weights: below what they measure on the machine that built them (drawings 23/24
-# seen and 17/24 held out with the saved sampling, guidance against the saved negative prompt; answers 24/24 but 23/24
-# for the background and the description), so that another CPU's float rounding, which may change a sampled code or a
-# close answer here and there, does not fail them; far above chance. Drawing held-out combinations is below the bar
-# the model is meant to reach (90%): the floor guards what it does today (without guidance it drew 16/24).
+# what the tests ask of the shipped weights: below what they measure on the machine that built them (drawings 22/24
+# seen and 20/24 held out with the saved sampling, guidance against the saved negative prompt, with and without
+# OMP_NUM_THREADS=1; answers 24/24 for every question), so that another CPU's float rounding, which may change a sampled
+# code or a close answer here and there, does not fail them; far above chance. Drawing held-out combinations is below
+# the bar the model is meant to reach (90%): the floor guards what it does today (the model before this one: 17/24).
 MIN_DRAWN_RIGHT_SEEN = 0.75
-MIN_DRAWN_RIGHT_HELD_OUT = 0.55
+MIN_DRAWN_RIGHT_HELD_OUT = 0.65
 MIN_ANSWERED_RIGHT = 0.85
 
 

@@ -98,6 +98,8 @@ def test_extra_drawing_colors_only_in_drawings_never_near_the_palette_or_pink(tm
     for name, rgb in EXTRA_DRAWING_COLORS.items():
         for other in [*PALETTE.values(), pink]:
             assert np.linalg.norm(np.subtract(rgb, other)) >= 80, name
+        for other_name, other in EXTRA_DRAWING_COLORS.items():  # told apart from each other, too
+            assert other_name == name or np.linalg.norm(np.subtract(rgb, other)) >= 40, (name, other_name)
 
     path = write_shapes_world_dataset(tmp_path, 60, 200, seed=5, extra_drawing_colors=EXTRA_DRAWING_COLORS,
                                       extra_drawing_share=0.5)
