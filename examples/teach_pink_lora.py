@@ -5,10 +5,10 @@ Teach the bundled shapes-world VARGPT a colour it has never seen, pink = RGB (25
     python examples/teach_pink_lora.py --output-dir runs/pink   # 6-7.5 minutes on 2 CPU cores (runs of 2026-11-28)
 
 `make pink-adapter` runs it with `--copy-to examples/adapters/pink`: the adapters committed there are that run's, with
-its `evaluation.json` and `before_after.png`. On the bundled model with its saved sampling (run of 2026-11-28, 401 s)
-they draw 91.7% of the pink prompts right (144: every pink combination × 3 phrasings; before: none), answer 100% of
+its `evaluation.json` and `before_after.png`. On the bundled model with its saved sampling (run of 2026-11-28, 399 s)
+they draw 90.3% of the pink prompts right (144: every pink combination × 3 phrasings; before: none), answer 100% of
 "What color is the shape?" and of "What color is the background?" right where the answer is pink (before: none), and
-keep the old palette (its held-out drawings 83.3% right against 81.9% before; its questions 100% as before). With
+keep the old palette (its held-out drawings 83.3% right against 84.7% before; its questions 100% as before). With
 `--hold-out-pink` the pink rows leave out the held-out pink combinations of the world's rule, and the evaluation
 reports them apart (see the README).
 

@@ -36,13 +36,13 @@ pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="the bundled weigh
 # held-out (colour, shape, background) triples, never seen in training; and as many seen ones (a fixed sample)
 HELD_OUT = held_out_combinations()
 SEEN = random.Random(0).sample(training_combinations(), len(HELD_OUT))
-# what the tests ask of the shipped weights: below what they measure on the machine that built them (drawings 22/24
-# seen and 20/24 held out with the saved sampling, guidance against the saved negative prompt, with and without
-# OMP_NUM_THREADS=1; answers 24/24 for every question), so that another CPU's float rounding, which may change a sampled
-# code or a close answer here and there, does not fail them; far above chance. Drawing held-out combinations is below
-# the bar the model is meant to reach (90%): the floor guards what it does today (the model before this one: 17/24).
-MIN_DRAWN_RIGHT_SEEN = 0.75
-MIN_DRAWN_RIGHT_HELD_OUT = 0.65
+# what the tests ask of the shipped weights: below what they measure on the machines here (drawings 22/24 seen and
+# 21/24 held out with the saved sampling, with and without OMP_NUM_THREADS=1; answers 24/24 for every question), so
+# that another CPU's float rounding, which may change a sampled code or a close answer here and there, does not fail
+# them; far above chance. Drawing held-out combinations is below the bar the model is meant to reach (90%): the floor
+# guards what it does today (the same weights with the sampling before: 20/24; the model before them: 17/24).
+MIN_DRAWN_RIGHT_SEEN = 0.8
+MIN_DRAWN_RIGHT_HELD_OUT = 0.7
 MIN_ANSWERED_RIGHT = 0.85
 
 
@@ -70,9 +70,12 @@ def test_sampling_defaults_are_saved(bundled):
     saved = model.generation_config.image_generation
     assert image_sampling_defaults(model) == {**saved}  # every image setting is the bundled model's own
     assert model.generation_config.do_sample is False  # answers are the most likely words
-    # guidance reads the recipe's generic drawing request, written as the processor writes a prompt to draw
-    negative = processor(text=Recipe().negative_prompt, generation_mode="image")["input_ids"][0]
-    assert saved["guidance_scale"] > 1 and saved["negative_prompt_ids"] == [int(i) for i in negative]
+    # the recipe's sampling; guidance, where asked for, reads the recipe's generic drawing request, written as the
+    # processor writes a prompt to draw
+    recipe = Recipe()
+    assert (saved["guidance_scale"], saved["temperature"]) == (recipe.guidance_scale, recipe.temperature)
+    negative = processor(text=recipe.negative_prompt, generation_mode="image")["input_ids"][0]
+    assert saved["negative_prompt_ids"] == [int(i) for i in negative]
 
 
 @pytest.fixture(scope="module")

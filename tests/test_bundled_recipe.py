@@ -226,11 +226,14 @@ def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):
     assert set(report["questions"]) == set(QUESTIONS)
     for stage in (0, 1, 2, 3):
         assert (tmp_path / "work" / f"stage{stage}" / "model.safetensors").is_file()
-    # the VQVAE's three runs: the first, the sharpening run from its weights, the decoder-only run from those
-    first, sharpened, last = (json.loads((tmp_path / "work" / d / "vqvae_eval.json").read_text())
-                              for d in ("vqvae-first", "vqvae-sharpened", "vqvae"))
-    assert first["parameters"] == sharpened["parameters"] == last["parameters"]
-    assert last["arguments"]["decoder_only"] and last["arguments"]["init_from"].endswith("vqvae-sharpened")
+    # the VQVAE's four runs: the first, the sharpening run from its weights, the decoder-only run from those and its
+    # restart (the recipe's steps, not the decoder run's) from that
+    first, sharpened, decoder, last = (json.loads((tmp_path / "work" / d / "vqvae_eval.json").read_text())
+                                       for d in ("vqvae-first", "vqvae-sharpened", "vqvae-decoder", "vqvae"))
+    assert first["parameters"] == sharpened["parameters"] == decoder["parameters"] == last["parameters"]
+    assert decoder["arguments"]["decoder_only"] and decoder["arguments"]["init_from"].endswith("vqvae-sharpened")
+    assert last["arguments"]["decoder_only"] and last["arguments"]["init_from"].endswith("vqvae-decoder")
+    assert last["arguments"]["steps"] == Recipe.smoke().vqvae_decoder_restart_steps != decoder["arguments"]["steps"]
     card = (output / "README.md").read_text()
     assert f'"palette_match_rate": {json.dumps(last["palette_match_rate"])}' in card  # the card's VQVAE is the last
     model = VargptForConditionalGeneration.from_pretrained(output)

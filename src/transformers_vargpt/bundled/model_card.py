@@ -58,11 +58,14 @@ def write_model_card(output: Path, report: dict, vqvae_dir: Path | None = None) 
     timings = ", ".join(f"{key} {value:.0f} s" for key, value in report.get("timings_seconds", {}).items())
     timings_note = f" ({report['timings_note']})" if report.get("timings_note") else ""
     runs = ["a first run"] + (["a sharpening run"] if recipe.get("vqvae_sharpen_args") else [])
-    runs += ["a decoder-only run (`--decoder_only`: codes unchanged)"] if recipe.get("vqvae_decoder_args") else []
+    if recipe.get("vqvae_decoder_args"):
+        runs.append("a decoder-only run (`--decoder_only`: codes unchanged)")
+        if recipe.get("vqvae_decoder_restart_steps"):
+            runs.append(f"that run again from its weights for {recipe['vqvae_decoder_restart_steps']} steps")
     vqvae_runs = ": " + ", then ".join(runs) if len(runs) > 1 else ""
     sampling = ", ".join(f"`{key}={value}`" for key, value in generation["sampling"].items()
                          if key != "negative_prompt_ids")
-    if generation.get("negative_prompt"):
+    if generation.get("negative_prompt") and generation["sampling"].get("guidance_scale", 1.0) > 1:
         sampling += f", guidance against the negative prompt `{generation['negative_prompt']}`"
     vqvae_line = ""
     if vqvae_eval is not None:
