@@ -163,11 +163,12 @@ class Recipe:
     # 0.3 86.8% and 94.4%; top-k 2 86.3% and 94.3%
     temperature: float = 0.5
     # classifier-free guidance against a generic drawing request (`negative_prompt`, saved as the token ids the
-    # unconditional rows read; what `--guidance-scale` above 1 steers away from). It helped the model before this one
-    # (seeds 0-4, temperature 1: unguided 70.3%, 1.5 against this request 77.2%, 1.25 75.3%; "Draw a shape." 75.8%;
-    # against the prompt itself, the released model's unconditional rows, 68.1%) and hurts this one: 1.5 at 0.7 drew
-    # 83.0% of held-out and 90.3% of seen prompts right, 1.25 at 0.7 83.3% and 92.7%. 1: no guidance
+    # unconditional rows read; what `--guidance-scale` above 1 steers away from). It helped the first model of
+    # 2026-11-28 (seeds 0-4, temperature 1: unguided 70.3%, 1.5 against this request 77.2%, 1.25 75.3%; "Draw a shape."
+    # 75.8%; against the prompt itself, the released model's unconditional rows, 68.1%) and hurts this one: 1.5 at 0.7
+    # drew 83.0% of held-out and 90.3% of seen prompts right, 1.25 at 0.7 83.3% and 92.7%. 1: no guidance
     guidance_scale: float = 1.0
+    # None: guidance reads the prompt itself
     negative_prompt: str | None = "Please generate an image."
     # evaluation: 576 held-out drawings (two seeds, 144, put this model at 86.1% and eight at 86.6%)
     eval_seeds: tuple[int, ...] = tuple(range(8))
