@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--output-dir", type=Path, default=None, help="where evaluation.json and samples.png go")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)),
-                        help="sampling seeds per prompt (default 0-7, as the build's evaluation)")
+    from .build import Recipe  # the build's evaluation seeds are the default, one source for both
+
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(Recipe().eval_seeds),
+                        help="sampling seeds per prompt (default: the build's, Recipe.eval_seeds)")
     parser.add_argument("--images-per-combination", type=int, default=4, help="rendered pictures per held-out combination")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top-k", type=int, default=None, help="instead of the model's saved image-sampling top_k")
