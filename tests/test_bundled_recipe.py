@@ -15,10 +15,11 @@ from transformers_vargpt.bundled.dataset import (
     DRAWING_BOX,
     EXTRA_DRAWING_COLORS,
     scaled_box,
+    world_texts,
     write_shapes_world_dataset,
 )
 from transformers_vargpt.bundled.evaluate import answer_is_right, normalize_answer
-from transformers_vargpt.bundled.tokenizer import build_shapes_tokenizer
+from transformers_vargpt.bundled.tokenizer import SPELLINGS, build_shapes_tokenizer
 from transformers_vargpt.shapes_world import (
     GENERATION_PROMPTS,
     QUESTIONS,
@@ -121,8 +122,6 @@ def test_extra_drawing_colors_only_in_drawings_never_near_the_palette_or_pink(tm
         assert (picture.color, picture.shape, picture.background) == (color, shape, background)
     assert 70 <= extra_rows <= 130  # about half of the 200 drawings
 
-    from transformers_vargpt.bundled.dataset import world_texts
-
     tokenizer = build_shapes_tokenizer(world_texts(tuple(EXTRA_DRAWING_COLORS)))
     for name in EXTRA_DRAWING_COLORS:
         assert tokenizer.unk_token_id not in tokenizer(f"Draw a {name} circle.")["input_ids"]
@@ -155,6 +154,24 @@ def test_tokenizer_is_deterministic_and_reads_any_text():
     sentence = "A red circle on a blue background."
     decoded = tokenizer.decode(tokenizer(sentence)["input_ids"], skip_special_tokens=True)
     assert decoded == sentence.lower()
+
+
+def test_tokenizer_reads_british_spellings_as_the_worlds():
+    tokenizer = build_shapes_tokenizer(world_texts(tuple(EXTRA_DRAWING_COLORS)))
+    assert tokenizer("What Colour is the shape?")["input_ids"] == tokenizer("What color is the shape?")["input_ids"]
+    assert tokenizer("Draw a GREY circle.")["input_ids"] == tokenizer("Draw a gray circle.")["input_ids"]
+    # the world's own sentences never hold them, so what the model trained on tokenises as before the replacement
+    assert not any(british in text.lower() for text in world_texts(tuple(EXTRA_DRAWING_COLORS))
+                   for british, _ in SPELLINGS)
+    # the shipped tokenizer is the one the recipe builds
+    from transformers import AutoTokenizer
+
+    from transformers_vargpt import BUNDLED_MODEL
+    from transformers_vargpt.bundled.build import Recipe
+
+    shipped = AutoTokenizer.from_pretrained(BUNDLED_MODEL)
+    built = build_shapes_tokenizer(world_texts(tuple(Recipe().drawing_extra_colors())))
+    assert shipped.backend_tokenizer.to_str() == built.backend_tokenizer.to_str()
 
 
 def test_answer_rules():
