@@ -214,7 +214,7 @@ def test_stage_settings_become_vargpt_train_options():
     assert plain == {"--max_steps": "200", "--per_device_train_batch_size": "32", "--learning_rate": "0.0003",
                      "--warmup_steps": "0.05"}
     tuned = with_overrides(Recipe(), ["stage3_batch_size=8", "stage3_lr_scheduler_type=constant_with_warmup",
-                                      "stage3_adam_beta2=0.9", "stage3_warmup_steps=10"])
+                                      "stage3_adam_beta2=0.9", "stage3_warmup_steps=10", "stage3_decay_steps=null"])
     assert options(dict(tuned.stages)[3]) == {
         "--max_steps": str(dict(Recipe().stages)[3].steps), "--per_device_train_batch_size": "8",
         "--learning_rate": str(dict(Recipe().stages)[3].learning_rate), "--warmup_steps": "10",
@@ -224,6 +224,14 @@ def test_stage_settings_become_vargpt_train_options():
         ["--stage", "3", "--model", "m", "--data", "d.jsonl", "--output", "o", *dict(tuned.stages)[3].trainer_args(32)])
     assert parsed.per_device_train_batch_size == 8 and parsed.adam_beta2 == 0.9 and parsed.warmup_steps == 10
     assert parsed.lr_scheduler_type == "constant_with_warmup"
+
+    # a warm-up, a constant rate, then a decay to 0 over the last steps: vargpt-train's scheduler gets the count
+    annealed = with_overrides(Recipe(), ["stage3_lr_scheduler_type=warmup_stable_decay", "stage3_decay_steps=300"])
+    _, parsed = VargptTrainParser().parse_args_and_config(
+        ["--stage", "3", "--model", "m", "--data", "d.jsonl", "--output", "o", *dict(annealed.stages)[3].trainer_args(32)])
+    assert parsed.lr_scheduler_type == "warmup_stable_decay" and parsed.lr_scheduler_kwargs == {"num_decay_steps": 300}
+    with pytest.raises(SystemExit, match="decay_steps=300 needs lr_scheduler_type='warmup_stable_decay'"):
+        with_overrides(Recipe(), ["stage3_lr_scheduler_type=cosine", "stage3_decay_steps=300"])
 
 
 def test_smoke_build_runs_every_step_and_writes_a_loadable_model(tmp_path):

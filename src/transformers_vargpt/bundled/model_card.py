@@ -17,9 +17,12 @@ def _stage_steps(settings: dict) -> str:
 
 
 def _stage_schedule(settings: dict) -> str:
-    """A stage's schedule and AdamW beta2 where they are not `vargpt-train`'s defaults (cosine, 0.999)."""
+    """A stage's schedule (and its decay steps) and AdamW beta2 where they are not `vargpt-train`'s defaults (cosine,
+    0.999)."""
     changes = [settings[key] if key == "lr_scheduler_type" else f"beta2 {settings[key]}"
                for key in ("lr_scheduler_type", "adam_beta2") if settings.get(key) is not None]
+    if settings.get("decay_steps"):
+        changes.insert(1, f"down to 0 over the last {settings['decay_steps']} steps")
     return f" ({', '.join(changes)})" if changes else ""
 
 
