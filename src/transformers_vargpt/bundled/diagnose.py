@@ -62,7 +62,8 @@ def right_pictures(combinations: list[Combination], box: tuple[int, int, int, in
 
 
 def pixel_values(scenes: list[Scene], image_size: int) -> torch.Tensor:
-    """Rendered scenes as the VQVAE reads them: B×3×H×W in [-1, 1]."""
+    """Rendered scenes as the VQVAE reads them: B×3×H×W in [-1, 1] (as `training.vqvae.images_to_tensor`, which
+    needs the `train` extra to import)."""
     arrays = np.stack([np.asarray(render(scene, image_size), dtype=np.float32) for scene in scenes])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2).div(127.5).sub(1.0)
 
