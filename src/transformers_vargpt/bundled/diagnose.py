@@ -96,11 +96,16 @@ def forced_scale_accuracy(model, processor, combinations: list[Combination], see
     vqvae = model.model.vqvae
     image_config = model.image_generation_config()
     requests = [(c, template, seed) for seed in seeds for template in range(len(GENERATION_PROMPTS)) for c in combinations]
+    # each combination's right codes, encoded once (every phrasing and seed forces the same ones)
+    all_scenes = right_pictures(combinations, box)
+    all_codes = vqvae.tokenize(pixel_values(all_scenes, vqvae.config.image_size).to(model.device, vqvae.dtype))
+    row_of = {c: row for row, c in enumerate(combinations)}
     right = []
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
-        scenes = right_pictures([c for c, _, _ in chunk], box)
-        codes = vqvae.tokenize(pixel_values(scenes, vqvae.config.image_size).to(model.device, vqvae.dtype))
+        rows = [row_of[c] for c, _, _ in chunk]
+        scenes = [all_scenes[row] for row in rows]
+        codes = all_codes[rows]
         inputs = processor(text=[scene.prompt(template) for scene, (_, template, _) in zip(scenes, chunk)],
                            generation_mode="image", return_tensors="pt").to(model.device)
         generator = torch.Generator(model.device).manual_seed(1000 * chunk[0][2] + start)
