@@ -1,11 +1,18 @@
-"""Thread-sliced CPU linear layers (`transformers_vargpt.cpu_matmul`): same products, classes taken back."""
+"""CPU linear layers for thin products (`transformers_vargpt.cpu_matmul`): thread-sliced ones (same products, classes
+taken back) and column-major weights for drawings (same values, parameters and outputs)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformers_vargpt.cpu_matmul import ThreadSlicedLinear, slices_for, sliced_cpu_matmuls
+from transformers_vargpt.cpu_matmul import (
+    ThreadSlicedLinear,
+    column_major_weights,
+    is_column_major,
+    slices_for,
+    sliced_cpu_matmuls,
+)
 
 
 @pytest.fixture
@@ -130,3 +137,73 @@ def test_sliced_text_generation_gives_plain_generations_tokens_and_scores(two_th
     assert torch.equal(sliced.sequences, plain.sequences)
     for a, b in zip(sliced.scores, plain.scores):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---- column-major weights for drawings ----------------------------------------------------------------------------
+
+
+def test_column_major_weights_keep_parameters_values_and_state_dict():
+    class Custom(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 256), Custom(8, 256), nn.Linear(8, 256).double(), nn.Linear(256, 1))
+    parameters = list(model.parameters())
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    # the plain float32 ones, not the subclass or float64; the 1 x 256 weight is row- and column-major at once
+    assert column_major_weights([model]) == 1
+    assert [is_column_major(m.weight) for m in model] == [True, False, False, True]
+    assert not model[0].weight.is_contiguous()
+    assert list(model.parameters()) == parameters  # the same Parameter objects: optimizers still hold them
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    assert column_major_weights([model]) == 0  # once
+
+
+def test_column_major_products_and_gradients_equal_plain_ones():
+    torch.manual_seed(1)
+    plain = nn.Linear(64, 192)
+    moved = nn.Linear(64, 192)
+    moved.load_state_dict(plain.state_dict())
+    column_major_weights([moved])
+    for rows in (1, 16, 300):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(moved(x), plain(x), atol=1e-5, rtol=1e-5)
+    x = torch.randn(16, 64)
+    plain(x).square().sum().backward()
+    moved(x).square().sum().backward()
+    torch.testing.assert_close(moved.weight.grad, plain.weight.grad, atol=1e-4, rtol=1e-5)
+
+
+def _greedy_drawing(model):
+    prompt = torch.tensor([[1, 5, 6, 7]])
+    return model.generate_images(prompt, torch.ones_like(prompt), do_sample=False, guidance_scale=1.0)
+
+
+def test_drawing_stores_the_per_scale_layers_column_major_and_draws_the_same(monkeypatch, tmp_path):
+    import copy
+
+    from transformers_vargpt import VargptForConditionalGeneration, cpu_matmul
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, _ = build_tiny_vargpt(seed=5)
+    row_major = copy.deepcopy(model)
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", False)
+    expected = _greedy_drawing(row_major)
+    assert not any(is_column_major(m.weight) for m in row_major.modules() if type(m) is nn.Linear)
+
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", True)
+    drawn = _greedy_drawing(model)
+    assert torch.equal(drawn.image_tokens, expected.image_tokens)
+    torch.testing.assert_close(drawn.images, expected.images, atol=1e-5, rtol=0)
+    per_scale = [m for part in model.layers_run_per_scale() for m in part.modules() if type(m) is nn.Linear]
+    assert per_scale and all(is_column_major(m.weight) for m in per_scale)
+    assert not is_column_major(model.lm_head.weight)  # text's head and the vision side keep their layout
+    assert not any(is_column_major(m.weight) for m in model.model.vision_tower.modules() if type(m) is nn.Linear)
+
+    # saving writes contiguous tensors with the same values; the reloaded model draws the same codes
+    model.save_pretrained(tmp_path)
+    reloaded = VargptForConditionalGeneration.from_pretrained(tmp_path).eval()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    assert torch.equal(_greedy_drawing(reloaded).image_tokens, expected.image_tokens)

@@ -12,6 +12,14 @@ gained (1.72 vs 1.75 s).
 Each output is still one dot product over all input features, computed by the same kind of kernel, so the result is
 the same up to the last bit in most shapes (not guaranteed: the kernel may block the sum differently for a narrower
 matrix).
+
+Drawing has thin products of its own: its first scales feed 1 to 64 rows through every layer of the LLM and of VAR,
+each time with weights that were evicted from the caches by the scale before. There oneMKL was slow in another way
+on an AVX-512 Xeon: `nn.Linear` asks it for `x @ W.T` with `W` stored row by row, and for 16–36 rows that transposed
+product ran at 42–120 GFLOP/s where the same product with `W.T` stored contiguously (`W` column-major) ran 1.2–1.6×
+faster on the LLM's and VAR's widening layers and the code head (weights evicted between calls, as in a forward
+pass; `python -m benchmarks.column_major`). `column_major_weights` stores them so, once, for the layers a drawing
+runs at every scale: same shapes, same values, no extra memory.
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ MAX_ROWS = 16
 # thread there). On an AVX-512 Xeon oneMKL already streamed one-row products at ~17 GB/s, and sliced they were 7%
 # slower in a product benchmark. Set it to True or False to choose (benchmarks/sliced_matmul.py compares both).
 enabled = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+# On by default where it was measured to pay: AVX-512 CPUs (whole drawings 1.04-1.05x faster on an Intel Xeon, same
+# codes; answers unchanged). Not measured on AVX2 CPUs, where thin products were slow for another reason (see above).
+# Set it to True or False to choose before a drawing; once stored column-major, weights stay so.
+column_major_drawing_weights = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def slices_for(out_features: int) -> int:
@@ -73,7 +87,7 @@ class ThreadSlicedLinear(nn.Linear):
         return out.transpose(0, 1).reshape(*leading, self.out_features)  # M × N, slices side by side
 
 
-def _sliceable(module: nn.Module) -> bool:
+def _plain_float32_cpu_linear(module: nn.Module) -> bool:
     # exactly nn.Linear: subclasses (quantized layers, adapters' own types) keep their own forward
     return type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
 
@@ -87,7 +101,7 @@ def sliced_cpu_matmuls(model: nn.Module) -> Iterator[None]:
     if not enabled or torch.get_num_threads() < 2:
         yield
         return
-    layers = [module for module in model.modules() if _sliceable(module)]
+    layers = [module for module in model.modules() if _plain_float32_cpu_linear(module)]
     for layer in layers:
         layer.__class__ = ThreadSlicedLinear
     try:
@@ -95,3 +109,29 @@ def sliced_cpu_matmuls(model: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.__class__ = nn.Linear
+
+
+def is_column_major(weight: torch.Tensor) -> bool:
+    """Whether a 2-D weight (out × in) is stored as the contiguous transpose of an in × out matrix."""
+    return weight.dim() == 2 and weight.t().is_contiguous()
+
+
+def column_major_weights(modules) -> int:
+    """Store the weights of the plain float32 CPU `nn.Linear` layers among `modules` (and their submodules)
+    column-major: `weight.data` becomes a copy with strides (1, out_features), so `F.linear` hands oneMKL a plain
+    instead of a transposed product. Values, shapes, parameters (the same `nn.Parameter` objects), hooks and the
+    state dict's contents are unchanged, and the copy is made one layer at a time, so the model never holds two.
+    Layers already column-major, on other devices or in other dtypes are left alone. Returns how many were
+    converted.
+
+    What changes is the storage: the state dict's tensors are not contiguous (`save_pretrained` makes them so as it
+    writes; `safetensors.torch.save_file` wants `.contiguous()` first), and views taken of the old `weight.data` no
+    longer alias the parameter.
+    """
+    converted = 0
+    for module in modules:
+        for layer in module.modules():
+            if _plain_float32_cpu_linear(layer) and not is_column_major(layer.weight):
+                layer.weight.data = layer.weight.data.t().contiguous().t()
+                converted += 1
+    return converted

@@ -19,6 +19,8 @@ from transformers import DynamicCache, GenerationConfig
 from transformers.generation import LogitsProcessorList
 from transformers.models.llama.modeling_llama import LlamaModel
 
+from . import cpu_matmul
+from .cpu_matmul import column_major_weights
 from .generation_vargpt import IMAGE_GENERATION_DEFAULTS, CodeSampler, VargptImageGenerationOutput
 from .modeling_vargpt_var import ScaleKVCache
 from .validation_vargpt import (
@@ -229,6 +231,11 @@ class VargptImageGenerationMixin:
             inputs_embeds, _ = self.model.merge_image_features(input_ids, inputs_embeds, pixel_values)
         return inputs_embeds, attention_mask
 
+    def layers_run_per_scale(self) -> list[torch.nn.Module]:
+        """The modules a drawing runs at every scale: the LLM, both generation projectors and VAR."""
+        body = self.model
+        return [body.language_model, body.gen_input_projector, body.gen_output_projector, body.scale_decoder]
+
     def prepare_next_scale_state(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -254,6 +261,8 @@ class VargptImageGenerationMixin:
         ):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         device = self.execution_device if device is None else device
+        if cpu_matmul.column_major_drawing_weights and device.type == "cpu":
+            column_major_weights(self.layers_run_per_scale())  # once: thin products at the first scales (cpu_matmul)
         inputs_embeds, attention_mask = self.prompt_embeddings(
             input_ids, attention_mask, pixel_values, inputs_embeds, device
         )
