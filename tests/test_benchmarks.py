@@ -316,3 +316,24 @@ def test_released_code_runs_a_contended_round_again(monkeypatch, tmp_path):
     assert result["round_records"][0]["released"]["other_processes_cpu_fraction"] == 0.0
     assert result["other_processes_cpu_fraction"]["max"] == 0.5
     assert [record["order"][0] for record in result["round_records"]] == ["released", "ours"]
+
+
+def test_column_major_weights_are_timed_against_row_major_and_draw_the_same(monkeypatch):
+    from torch import nn
+
+    from benchmarks import column_major
+    from transformers_vargpt.cpu_matmul import is_column_major
+
+    monkeypatch.setattr(column_major, "SHAPES", {"small": (64, 96)})
+    monkeypatch.setattr(column_major, "ROWS", (1, 16))
+    monkeypatch.setattr(column_major, "POOL_BYTES", 3 * 4 * 64 * 96)
+    products = column_major.products(rounds=1)
+    assert set(products["small"]) == {1, 16}
+    assert all(r["speedup"] > 0 and r["row_major_gflops"] > 0 for r in products["small"].values())
+
+    model, processor = build_tiny_vargpt(seed=1)
+    result = column_major.whole_model(model, processor, repeats=1)
+    assert result["t2i_batch1"]["same_output"] and result["understanding_after_a_drawing"]["same_output"]
+    assert result["t2i_batch1"]["speedup"] > 0
+    assert result["column_major_layers"] == result["per_scale_linear_layers"] > 0  # the copy that drew with it on
+    assert not any(is_column_major(m.weight) for m in model.modules() if type(m) is nn.Linear)  # the other: off

@@ -207,3 +207,24 @@ def test_drawing_stores_the_per_scale_layers_column_major_and_draws_the_same(mon
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     assert torch.equal(_greedy_drawing(reloaded).image_tokens, expected.image_tokens)
+
+
+def test_layers_inside_peft_adapters_keep_their_layout_so_adapters_still_save(monkeypatch, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers_vargpt import cpu_matmul
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", True)
+    base, _ = build_tiny_vargpt(seed=2)
+    config = peft.LoraConfig(r=4, target_modules=["fc1"], modules_to_save=["head"])
+    model = peft.get_peft_model(base, config).eval()
+    _greedy_drawing(model.base_model.model)
+    wrapped = [m for m in model.modules()  # PEFT's layer wrappers, not the PeftModel / LoraModel around everything
+               if type(m).__module__.startswith("peft.") and m not in (model, model.base_model)]
+    inside = {id(layer) for wrapper in wrapped for layer in wrapper.modules() if type(layer) is nn.Linear}
+    per_scale = [m for part in model.base_model.model.layers_run_per_scale() for m in part.modules()
+                 if type(m) is nn.Linear]
+    assert inside and all(not is_column_major(m.weight) for m in per_scale if id(m) in inside)
+    assert any(is_column_major(m.weight) for m in per_scale if id(m) not in inside)  # the rest still moved
+    model.save_pretrained(tmp_path)  # safetensors: would refuse a non-contiguous adapter or modules_to_save weight
+    assert (tmp_path / "adapter_model.safetensors").exists()

@@ -121,8 +121,9 @@ def column_major_weights(modules) -> int:
     column-major: `weight.data` becomes a copy with strides (1, out_features), so `F.linear` hands oneMKL a plain
     instead of a transposed product. Values, shapes, parameters (the same `nn.Parameter` objects), hooks and the
     state dict's contents are unchanged, and the copy is made one layer at a time, so the model never holds two.
-    Layers already column-major, on other devices or in other dtypes are left alone. Returns how many were
-    converted.
+    Layers already column-major, on other devices or in other dtypes are left alone, and so is everything inside
+    PEFT's wrappers (LoRA layers and their base layers, `modules_to_save` copies): PEFT writes adapter weights with
+    safetensors as they are, which refuses non-contiguous tensors. Returns how many layers were converted.
 
     What changes is the storage: the state dict's tensors are not contiguous (`save_pretrained` makes them so as it
     writes; `safetensors.torch.save_file` wants `.contiguous()` first), and views taken of the old `weight.data` no
@@ -130,8 +131,17 @@ def column_major_weights(modules) -> int:
     """
     converted = 0
     for module in modules:
-        for layer in module.modules():
-            if _plain_float32_cpu_linear(layer) and not is_column_major(layer.weight):
+        for layer in _linears_outside_adapters(module):
+            if not is_column_major(layer.weight):
                 layer.weight.data = layer.weight.data.t().contiguous().t()
                 converted += 1
     return converted
+
+
+def _linears_outside_adapters(module: nn.Module) -> Iterator[nn.Linear]:
+    if type(module).__module__.startswith("peft."):
+        return
+    if _plain_float32_cpu_linear(module):
+        yield module
+    for child in module.children():
+        yield from _linears_outside_adapters(child)
