@@ -47,8 +47,12 @@ def cpu_features() -> dict:
 
 
 def half_dtypes(device: torch.device) -> list[torch.dtype]:
-    """bf16 everywhere; fp16 on CUDA (on a CPU without AVX512-FP16/AMX-FP16 fp16 matmuls are emulated)."""
-    return [torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.bfloat16]
+    """bf16 everywhere; fp16 on CUDA and on CPUs with AVX512-FP16 or AMX-FP16 (elsewhere fp16 matmuls are
+    emulated on CPU)."""
+    if device.type == "cuda":
+        return [torch.bfloat16, torch.float16]
+    features = cpu_features()
+    return [torch.bfloat16, torch.float16] if features["avx512_fp16"] or features["amx_fp16"] else [torch.bfloat16]
 
 
 def _sync(device: torch.device) -> None:

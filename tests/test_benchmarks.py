@@ -215,7 +215,8 @@ def test_half_precision_is_timed_against_fp32_and_compared_with_it(tiny):
     half = result["half"]["bfloat16"]
     assert half["t2i_speedup_over_fp32"] > 0 and half["understanding_speedup_over_fp32"] > 0
     assert 0 <= half["identical_codes"] <= 1 and 0 <= half["identical_answer_tokens"] <= 1
-    assert set(result["timings"]["t2i_batch1"]) == {"float32", "bfloat16"}
+    halves = {str(dtype).removeprefix("torch.") for dtype in precision.half_dtypes(torch.device("cpu"))}
+    assert set(result["timings"]["t2i_batch1"]) == {"float32"} | halves == {"float32"} | set(result["half"])
     assert set(result["cpu"]) >= {"model", "avx512_bf16", "amx_bf16"}
     # the agreement measure itself: fp32 against fp32 agrees fully, and a changed code is counted
     inputs = precision.t2i_inputs(processor)
@@ -337,3 +338,15 @@ def test_column_major_weights_are_timed_against_row_major_and_draw_the_same(monk
     assert result["t2i_batch1"]["speedup"] > 0
     assert result["column_major_layers"] == result["per_scale_linear_layers"] > 0  # the copy that drew with it on
     assert not any(is_column_major(m.weight) for m in model.modules() if type(m) is nn.Linear)  # the other: off
+
+
+def test_fp16_is_measured_on_cpus_that_compute_it(monkeypatch):
+    from benchmarks import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    flags = dict.fromkeys(precision.CPU_FLAGS, False)
+    monkeypatch.setattr(precision, "cpu_features", lambda: {"model": "x", **flags})
+    assert precision.half_dtypes(cpu) == [torch.bfloat16]
+    assert precision.half_dtypes(cuda) == [torch.bfloat16, torch.float16]
+    flags["avx512_fp16"] = True
+    assert precision.half_dtypes(cpu) == [torch.bfloat16, torch.float16]
