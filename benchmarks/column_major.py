@@ -28,7 +28,7 @@ from transformers_vargpt import cpu_matmul
 
 from .medium import build_medium, setup_torch, t2i_inputs, understanding_inputs
 from .precision import cpu_features
-from .sliced_matmul import POOL_BYTES, ROWS, SHAPES
+from .sliced_matmul import POOL_BYTES, ROWS, SHAPES, with_cpu_matmul_setting
 from .timing import measure_interleaved, paired_ratio
 
 NEW_TOKENS = 32
@@ -62,18 +62,6 @@ def products(rounds: int) -> dict:
     return result
 
 
-def _with_layout(column_major: bool, call):
-    def run():
-        default = cpu_matmul.column_major_drawing_weights
-        cpu_matmul.column_major_drawing_weights = column_major
-        try:
-            return call()
-        finally:
-            cpu_matmul.column_major_drawing_weights = default
-
-    return run
-
-
 def whole_model(model, processor, repeats: int) -> dict:
     """Drawing, then understanding, on a row-major and a column-major copy of `model`, interleaved."""
     copies = {"row_major": model, "column_major": copy.deepcopy(model)}
@@ -81,8 +69,10 @@ def whole_model(model, processor, repeats: int) -> dict:
     question = understanding_inputs(processor)
     result = {}
     with torch.no_grad():
-        draws = {layout: _with_layout(layout == "column_major", lambda m=m: m.generate_images(
-            **drawing, do_sample=False, guidance_scale=1.0).image_tokens) for layout, m in copies.items()}
+        draws = {layout: with_cpu_matmul_setting(
+            "column_major_drawing_weights", layout == "column_major",
+            lambda m=m: m.generate_images(**drawing, do_sample=False, guidance_scale=1.0).image_tokens,
+        ) for layout, m in copies.items()}
         answers = {layout: lambda m=m: m.generate(**question, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                                   do_sample=False) for layout, m in copies.items()}
         for task, calls in (("t2i_batch1", draws), ("understanding_after_a_drawing", answers)):

@@ -61,20 +61,22 @@ def products(repeats: int) -> dict:
                 x = torch.randn(rows, fan_in)
                 flop = 2.0 * rows * fan_in * fan_out * len(layers)
                 plain = _gflops(lambda: [F.linear(x, m.weight, m.bias) for m in layers], flop, repeats)
-                sliced = _gflops(_switched(True, lambda: _sliced_calls(layers, x)), flop, repeats)
+                sliced_calls = with_cpu_matmul_setting("enabled", True, lambda: _sliced_calls(layers, x))
+                sliced = _gflops(sliced_calls, flop, repeats)
                 result[name][rows] = {"plain_gflops": round(plain, 1), "sliced_gflops": round(sliced, 1),
                                       "speedup": round(sliced / plain, 3)}
     return result
 
 
-def _switched(enabled: bool, call):
+def with_cpu_matmul_setting(name: str, value: bool, call):
+    """`call`, wrapped to run with `transformers_vargpt.cpu_matmul.<name>` set to `value` (restored afterwards)."""
     def run():
-        default = cpu_matmul.enabled
-        cpu_matmul.enabled = enabled
+        default = getattr(cpu_matmul, name)
+        setattr(cpu_matmul, name, value)
         try:
             return call()
         finally:
-            cpu_matmul.enabled = default
+            setattr(cpu_matmul, name, default)
 
     return run
 
@@ -94,7 +96,8 @@ def whole_model(model, processor, repeats: int) -> dict:
     result = {}
     with torch.no_grad():
         for task, call in (("understanding", answer), ("t2i_batch1_if_sliced", draw)):
-            on, off = _switched(True, call), _switched(False, call)
+            on = with_cpu_matmul_setting("enabled", True, call)
+            off = with_cpu_matmul_setting("enabled", False, call)
             timings = measure_interleaved({"sliced": on, "plain": off}, repeats)
             result[task] = {"speedup": paired_ratio(timings, "plain", "sliced"),
                             "same_output": torch.equal(on(), off()), "timings": timings}
