@@ -15,11 +15,8 @@ Two measurements, 2 threads, float32:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +24,15 @@ import torch.nn.functional as F
 from transformers_vargpt import cpu_matmul
 
 from .medium import build_medium, setup_torch, t2i_inputs, understanding_inputs
-from .precision import cpu_features
-from .sliced_matmul import POOL_BYTES, ROWS, SHAPES, with_cpu_matmul_setting
+from .sliced_matmul import (
+    POOL_BYTES,
+    ROWS,
+    SHAPES,
+    machine_record,
+    parse_arguments,
+    with_cpu_matmul_setting,
+    write_and_print_products,
+)
 from .timing import measure_interleaved, paired_ratio
 
 NEW_TOKENS = 32
@@ -88,25 +92,16 @@ def whole_model(model, processor, repeats: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.column_major", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls and rounds")
-    parser.add_argument("--output", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args(argv)
+    args = parse_arguments("column_major", __doc__.splitlines()[0], argv)
     setup_torch()
     model, processor = build_medium()
-    result = {"cpu": cpu_features(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "on_by_default": cpu_matmul.column_major_drawing_weights, "num_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "products": products(rounds=2 if args.quick else 5),
+    result = {**machine_record("column_major_drawing_weights"), "products": products(rounds=2 if args.quick else 5),
               "whole_model": whole_model(model, processor, repeats=3 if args.quick else 15)}
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
     for task in ("t2i_batch1", "understanding_after_a_drawing"):
         measured = result["whole_model"][task]
         print(f"{task}: column-major {measured['speedup']:.2f}x faster than row-major, "
               f"same output: {measured['same_output']}")
-    for name, by_rows in result["products"].items():
-        print(name, " ".join(f"{rows}:{r['speedup']:.2f}x" for rows, r in by_rows.items()))
+    write_and_print_products(result, args.output)
     return result
 
 

@@ -104,24 +104,39 @@ def whole_model(model, processor, repeats: int) -> dict:
     return result
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sliced_matmul", description=__doc__.splitlines()[0])
+def parse_arguments(module: str, description: str, argv) -> argparse.Namespace:
+    """The command line of a `cpu_matmul` benchmark script: `python -m benchmarks.<module> [--quick] [--output F]`."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=description)
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds")
     parser.add_argument("--output", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args(argv)
-    setup_torch()
-    model, processor = build_medium()
-    result = {"cpu": cpu_features(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "on_by_default": cpu_matmul.enabled, "num_threads": torch.get_num_threads(), "torch": torch.__version__,
-              "products": products(repeats=3 if args.quick else 10),
-              "whole_model": whole_model(model, processor, repeats=3 if args.quick else 9)}
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    for task, measured in result["whole_model"].items():
-        print(f"{task}: sliced {measured['speedup']:.2f}x faster than plain, same output: {measured['same_output']}")
+    return parser.parse_args(argv)
+
+
+def machine_record(setting: str) -> dict:
+    """What a `cpu_matmul` result depends on: the CPU, torch, threads, and whether `setting` is on by default."""
+    return {"cpu": cpu_features(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "on_by_default": getattr(cpu_matmul, setting), "num_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def write_and_print_products(result: dict, output: Path | None) -> None:
+    """Writes `result` as JSON to `output` (if given) and prints its product speed-ups per shape and row count."""
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1, default=str) + "\n")
     for name, by_rows in result["products"].items():
         print(name, " ".join(f"{rows}:{r['speedup']:.2f}x" for rows, r in by_rows.items()))
+
+
+def main(argv=None) -> dict:
+    args = parse_arguments("sliced_matmul", __doc__.splitlines()[0], argv)
+    setup_torch()
+    model, processor = build_medium()
+    result = {**machine_record("enabled"), "products": products(repeats=3 if args.quick else 10),
+              "whole_model": whole_model(model, processor, repeats=3 if args.quick else 9)}
+    for task, measured in result["whole_model"].items():
+        print(f"{task}: sliced {measured['speedup']:.2f}x faster than plain, same output: {measured['same_output']}")
+    write_and_print_products(result, args.output)
     return result
 
 
