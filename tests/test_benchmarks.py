@@ -350,3 +350,25 @@ def test_fp16_is_measured_on_cpus_that_compute_it(monkeypatch):
     assert precision.half_dtypes(cuda) == [torch.bfloat16, torch.float16]
     flags["avx512_fp16"] = True
     assert precision.half_dtypes(cpu) == [torch.bfloat16, torch.float16]
+
+
+def test_torch_compile_parts_compare_compiled_with_eager(monkeypatch):
+    from benchmarks import torch_compile
+
+    # inductor takes minutes here: the compilers are replaced by no-ops, which exercises the harness (what is
+    # compiled, the timing pairs, the output comparison) but not inductor itself
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, **kwargs: compiled.append(kwargs))
+    limits = torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit
+
+    model, processor = build_tiny_vargpt(seed=2)
+    result = torch_compile.run(model, processor, repeats=1)
+    modules = torch_compile.scale_step_modules(model)
+    assert len(modules) == model.config.text_config.num_hidden_layers + model.config.var_config.num_hidden_layers
+    assert compiled == [{"dynamic": False}] + [{"dynamic": True}] * len(modules)
+    decode, step = result["decode"], result["scale_step"]
+    assert decode["max_abs_difference"] == 0 and decode["compiled_speedup"] > 0
+    assert step["identical_codes"] and step["compiled_modules"] == len(modules) and step["compiled_speedup"] > 0
+    assert set(torch_compile.summary(result)["scale_step"]) >= {"compile_and_first_call_s", "eager_median_s"}
+    assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit) == limits
