@@ -228,3 +228,68 @@ def test_layers_inside_peft_adapters_keep_their_layout_so_adapters_still_save(mo
     assert any(is_column_major(m.weight) for m in per_scale if id(m) not in inside)  # the rest still moved
     model.save_pretrained(tmp_path)  # safetensors: would refuse a non-contiguous adapter or modules_to_save weight
     assert (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_weights_that_are_views_of_a_flat_buffer_or_partitioned_keep_their_storage():
+    # DeepSpeed ZeRO-1/2 and FSDP keep parameters as views into one flat buffer that their optimizer step updates: a
+    # weight given a storage of its own would silently stop following it (and ZeRO-3's partitioned ones are empty)
+    torch.manual_seed(3)
+    flat_member, owner, partitioned = nn.Linear(16, 64), nn.Linear(16, 64), nn.Linear(16, 64)
+    flat = torch.zeros(flat_member.weight.numel() + 8)
+    flat[: flat_member.weight.numel()].copy_(flat_member.weight.detach().view(-1))
+    flat_member.weight.data = flat[: flat_member.weight.numel()].view(64, 16)
+    partitioned.weight.ds_id = 0
+
+    assert column_major_weights([flat_member, owner, partitioned]) == 1
+    assert is_column_major(owner.weight) and not is_column_major(flat_member.weight)
+    assert not is_column_major(partitioned.weight)
+    flat[:4] = 7.0  # what an optimizer step on the buffer does
+    assert torch.equal(flat_member.weight[0, :4], torch.full((4,), 7.0))
+
+
+_ZERO2_DRAWING = """
+import os, torch
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+import deepspeed
+import deepspeed.comm.torch
+deepspeed.comm.torch.build_shm_op = lambda: None  # see tests/sharded_runs.py
+from torch import nn
+from transformers_vargpt import cpu_matmul
+from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+cpu_matmul.column_major_drawing_weights = True
+model, _ = build_tiny_vargpt(seed=4)
+config = {{"train_batch_size": 1, "zero_optimization": {{"stage": 2}}, "zero_allow_untested_optimizer": True,
+          "optimizer": {{"type": "SGD", "params": {{"lr": 0.5}}}}}}
+engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=model.parameters())
+layers = [m for part in model.layers_run_per_scale() for m in part.modules() if type(m) is nn.Linear]
+storages = [m.weight.untyped_storage().data_ptr() for m in layers]
+before = [m.weight.detach().clone() for m in layers]
+model.eval()
+prompt = torch.tensor([[1, 5, 6, 7]])
+model.generate_images(prompt, torch.ones_like(prompt), do_sample=False, guidance_scale=1.0)
+assert [m.weight.untyped_storage().data_ptr() for m in layers] == storages, "a weight left the flat buffer"
+model.train()
+loss = sum(m.weight.square().sum() for m in layers)
+engine.backward(loss)
+engine.step()
+assert all(not torch.equal(m.weight, b) for m, b in zip(layers, before)), "a weight did not follow the step"
+print("ok", len(layers))
+"""
+
+
+def test_a_drawing_under_deepspeed_zero2_leaves_the_flat_buffer_in_charge(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    with socket.socket() as free:  # a port for the one-process group
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    script = tmp_path / "zero2_drawing.py"
+    script.write_text(_ZERO2_DRAWING.format(port=port))
+    env = {**__import__("os").environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2] == "ok" and int(done.stdout.split()[-1]) > 0

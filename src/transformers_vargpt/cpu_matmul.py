@@ -123,7 +123,10 @@ def column_major_weights(modules) -> int:
     state dict's contents are unchanged, and the copy is made one layer at a time, so the model never holds two.
     Layers already column-major, on other devices or in other dtypes are left alone, and so is everything inside
     PEFT's wrappers (LoRA layers and their base layers, `modules_to_save` copies): PEFT writes adapter weights with
-    safetensors as they are, which refuses non-contiguous tensors. Returns how many layers were converted.
+    safetensors as they are, which refuses non-contiguous tensors. So are weights that do not own their storage
+    alone (`_owns_its_storage`): a trainer that keeps every parameter as a view into one flat buffer (DeepSpeed
+    ZeRO-1/2, FSDP) updates the buffer, and a weight given a storage of its own would silently stop following it.
+    Returns how many layers were converted.
 
     What changes is the storage: the state dict's tensors are not contiguous (`save_pretrained` makes them so as it
     writes; `safetensors.torch.save_file` wants `.contiguous()` first), and views taken of the old `weight.data` no
@@ -132,10 +135,22 @@ def column_major_weights(modules) -> int:
     converted = 0
     for module in modules:
         for layer in _linears_outside_adapters(module):
-            if not is_column_major(layer.weight):
+            if not is_column_major(layer.weight) and _owns_its_storage(layer.weight):
                 layer.weight.data = layer.weight.data.t().contiguous().t()
                 converted += 1
     return converted
+
+
+def _owns_its_storage(weight: nn.Parameter) -> bool:
+    """Whether `weight` is a plain tensor that is all of its storage: not a view into a flat buffer (DeepSpeed
+    ZeRO-1/2, FSDP's flat parameters), not a DTensor (FSDP2), not partitioned by DeepSpeed ZeRO-3 (`ds_id`)."""
+    data = weight.data
+    return (
+        type(data) is torch.Tensor
+        and not hasattr(weight, "ds_id")
+        and data.storage_offset() == 0
+        and data.untyped_storage().nbytes() == data.numel() * data.element_size()
+    )
 
 
 def _linears_outside_adapters(module: nn.Module) -> Iterator[nn.Linear]:
