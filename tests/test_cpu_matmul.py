@@ -293,3 +293,20 @@ def test_a_drawing_under_deepspeed_zero2_leaves_the_flat_buffer_in_charge(tmp_pa
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-2] == "ok" and int(done.stdout.split()[-1]) > 0
+
+
+def test_prepare_for_drawing_does_the_first_drawings_restoring_up_front(monkeypatch):
+    from transformers_vargpt import cpu_matmul
+    from transformers_vargpt.tiny_models import build_tiny_vargpt
+
+    model, _ = build_tiny_vargpt(seed=6)
+    per_scale = [m for part in model.layers_run_per_scale() for m in part.modules() if type(m) is nn.Linear]
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", False)
+    assert model.prepare_for_drawing() == 0 and not any(is_column_major(m.weight) for m in per_scale)
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", True)
+    assert model.prepare_for_drawing(torch.device("meta")) == 0  # only where drawing runs on the CPU
+    assert model.prepare_for_drawing() == len(per_scale) > 0
+    assert all(is_column_major(m.weight) for m in per_scale)
+    layouts = [m.weight.stride() for m in per_scale]
+    _greedy_drawing(model)  # nothing left to re-store: a server that prepared may draw while answering
+    assert model.prepare_for_drawing() == 0 and [m.weight.stride() for m in per_scale] == layouts

@@ -382,3 +382,19 @@ def test_browser_chat_and_draw(browser_page, screenshot_dir):
     assert page.locator("#draw-preview img").count() == 1
     page.screenshot(path=screenshot_dir / "space-draw.png")
     assert (screenshot_dir / "space-draw.png").stat().st_size > 0
+
+
+def test_the_space_model_prepares_drawing_before_requests_share_it(space_modules, monkeypatch):
+    from torch import nn
+
+    from transformers_vargpt import cpu_matmul
+    from transformers_vargpt.cpu_matmul import is_column_major
+
+    _, inference = space_modules
+    monkeypatch.setattr(cpu_matmul, "column_major_drawing_weights", True)
+    model, processor = build_tiny_vargpt(seed=0)
+    inference.VargptSpaceModel(_pipeline(model, processor), max_concurrent=2)
+    # re-stored at start-up, not by the first drawing while another request may be answering with the same LLM
+    per_scale = [m for part in model.layers_run_per_scale() for m in part.modules() if type(m) is nn.Linear]
+    assert per_scale and all(is_column_major(m.weight) for m in per_scale)
+

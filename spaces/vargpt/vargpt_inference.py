@@ -150,6 +150,9 @@ class VargptSpaceModel:
         # Gradio's queue limits each event; this caps all of them together (chat, /ask, drawing, examples).
         self._slots = threading.BoundedSemaphore(max_concurrent)
         pipe.set_progress_bar_config(disable=True)
+        # now, before requests share the model: a first drawing would otherwise re-store weights that a concurrent
+        # answer is computing with (transformers_vargpt.cpu_matmul, column-major weights)
+        self.model.prepare_for_drawing()
 
     @classmethod
     def load(

@@ -236,6 +236,19 @@ class VargptImageGenerationMixin:
         body = self.model
         return [body.language_model, body.gen_input_projector, body.gen_output_projector, body.scale_decoder]
 
+    def prepare_for_drawing(self, device: torch.device | None = None) -> int:
+        """Store the weights of `layers_run_per_scale` the way drawings compute fastest on this CPU: column-major on
+        AVX-512 CPUs (`cpu_matmul.column_major_drawing_weights`), once; every drawing calls this first.
+
+        Call it before one model serves several threads: the LLM's weights are re-stored too, and text generation
+        in another thread must not be computing with them while that happens. Returns how many layers changed (0
+        on accelerators, with the switch off, or when done before). `device`: where drawing runs (default: the
+        model's execution device)."""
+        device = self.execution_device if device is None else device
+        if not (cpu_matmul.column_major_drawing_weights and device.type == "cpu"):
+            return 0
+        return column_major_weights(self.layers_run_per_scale())  # thin products at the first scales (cpu_matmul)
+
     def prepare_next_scale_state(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -261,8 +274,7 @@ class VargptImageGenerationMixin:
         ):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         device = self.execution_device if device is None else device
-        if cpu_matmul.column_major_drawing_weights and device.type == "cpu":
-            column_major_weights(self.layers_run_per_scale())  # once: thin products at the first scales (cpu_matmul)
+        self.prepare_for_drawing(device)
         inputs_embeds, attention_mask = self.prompt_embeddings(
             input_ids, attention_mask, pixel_values, inputs_embeds, device
         )
