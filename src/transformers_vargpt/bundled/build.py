@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .dataset import DRAWING_BOX, EXTRA_DRAWING_COLORS, scaled_box, world_texts
+from .evaluate import EVAL_IMAGES_PER_COMBINATION, EVAL_SEEDS, evaluate, summary
 from .model import BundledSizes
 
 logger = logging.getLogger("transformers_vargpt.bundled")
@@ -186,9 +187,9 @@ class Recipe:
     guidance_scale: float = 1.0
     # None: guidance reads the prompt itself
     negative_prompt: str | None = "Please generate an image."
-    # evaluation: 576 held-out drawings (two seeds, 144, put the model before at 86.1% and eight at 86.6%)
-    eval_seeds: tuple[int, ...] = tuple(range(8))
-    eval_images_per_combination: int = 4
+    # evaluation: bundled.evaluate's (576 held-out drawings)
+    eval_seeds: tuple[int, ...] = EVAL_SEEDS
+    eval_images_per_combination: int = EVAL_IMAGES_PER_COMBINATION
 
     def drawing_extra_colors(self) -> dict[str, tuple[int, int, int]]:
         """The extra colours generation rows draw in (name -> RGB); empty when the recipe draws the palette only."""
@@ -342,7 +343,6 @@ def finalize(model_dir: Path, output: Path, recipe: Recipe) -> None:
 def build(output: Path, work_dir: Path, recipe: Recipe, seed: int, vqvae_dir: Path | None = None,
           device: str = "cpu") -> dict:
     """Run the whole recipe; returns the evaluation report (also written into `output`)."""
-    from .evaluate import evaluate
     from .from_scratch import train_from_scratch
     from .model import build_untrained_model, count_parameters, load_vqvae
     from .model_card import write_model_card
@@ -444,8 +444,6 @@ def with_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .evaluate import summary
-
     parser = argparse.ArgumentParser(description="Train the bundled shapes-world VARGPT from nothing.")
     parser.add_argument("--output", type=Path, required=True, help="the model directory to write")
     parser.add_argument("--work-dir", type=Path, default=None,

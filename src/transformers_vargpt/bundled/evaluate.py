@@ -41,6 +41,12 @@ from ..shapes_world import (
 )
 
 
+# The evaluation the build runs (and `main` runs by default): 576 held-out drawings. Two seeds (144 drawings) put the
+# model before at 86.1% and eight at 86.6%.
+EVAL_SEEDS = tuple(range(8))
+EVAL_IMAGES_PER_COMBINATION = 4
+
+
 def image_sampling_defaults(model) -> dict:
     """The model's image-sampling defaults (`generation_config.image_generation` over the released ones): what
     `generate_images`, the pipeline and `vargpt generate` use when not told otherwise."""
@@ -213,11 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory")
     parser.add_argument("--output-dir", type=Path, default=None, help="where evaluation.json and samples.png go")
-    from .build import Recipe  # the build's evaluation seeds are the default, one source for both
-
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(Recipe().eval_seeds),
-                        help="sampling seeds per prompt (default: the build's, Recipe.eval_seeds)")
-    parser.add_argument("--images-per-combination", type=int, default=4, help="rendered pictures per held-out combination")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(EVAL_SEEDS),
+                        help="sampling seeds per prompt (default: the build's, EVAL_SEEDS)")
+    parser.add_argument("--images-per-combination", type=int, default=EVAL_IMAGES_PER_COMBINATION,
+                        help="rendered pictures per held-out combination")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top-k", type=int, default=None, help="instead of the model's saved image-sampling top_k")
     parser.add_argument("--top-p", type=float, default=None, help="instead of the saved top_p")
