@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-from transformers import CLIPImageProcessor, GenerationConfig, PreTrainedTokenizerFast
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from ..configuration_vargpt import VargptConfig, VargptVQVAEConfig
 from ..modeling_vargpt import VargptForConditionalGeneration
@@ -111,6 +111,11 @@ def bundled_config(tokenizer: PreTrainedTokenizerFast, vqvae_config: VargptVQVAE
 
 def bundled_processor(tokenizer: PreTrainedTokenizerFast, config: VargptConfig) -> VargptProcessor:
     """CLIP preprocessing at the tower's size (no crop: the pictures are square) and VARGPT's prompt handling."""
+    # imported here: without torchvision, transformers warns of its PIL fallback at the import itself, which would
+    # otherwise print on every import of the recipe's modules (the saved type stays `CLIPImageProcessor`, so users
+    # with torchvision get its backend)
+    from transformers import CLIPImageProcessor
+
     side = config.vision_config.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     return VargptProcessor(
