@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .medium import build_medium, setup_torch, t2i_inputs, understanding_inputs
-from .timing import measure_interleaved, paired_ratio
+from .timing import measure_interleaved, paired_ratio, write_result
 
 NEW_TOKENS = 32
 GREEDY_IMAGE = {"do_sample": False, "guidance_scale": 1.0}
@@ -131,10 +131,8 @@ def main(argv=None) -> dict:
     setup_torch()
     model, processor = build_medium()
     result = run(model, processor, quick=args.quick, device=args.device)
-    text = json.dumps(result, indent=2, default=str)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+        write_result(args.output, result, indent=2)
     print(json.dumps({"device": result["device"], "cpu": result.get("cpu"), "half": result["half"]}, indent=1))
     return result
 

@@ -236,14 +236,13 @@ def main(argv=None) -> dict | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
-    from .timing import environment
+    from .timing import environment, write_result
 
     torch.set_num_threads(THREADS)  # recorded by `environment()`; the timing processes set their own
 
     def write(result: dict) -> None:
         if args.output:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps({**result, "environment": environment()}, indent=1, default=str) + "\n")
+            write_result(args.output, {**result, "environment": environment()})
 
     # rounds so far go to --output as they finish (`"partial": true`), so that a stopped run keeps them
     result = run(reference_dir=args.reference_dir, rounds=args.rounds, repeats=args.repeats,

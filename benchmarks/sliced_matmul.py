@@ -15,7 +15,6 @@ Two measurements, 2 threads, float32:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from transformers_vargpt import cpu_matmul
 
 from .medium import build_medium, setup_torch, t2i_inputs, understanding_inputs
 from .precision import cpu_features
-from .timing import measure_interleaved, paired_ratio
+from .timing import measure_interleaved, paired_ratio, write_result
 
 SHAPES = {"llm_up": (512, 1376), "llm_down": (1376, 512), "var_fc1": (512, 2048), "var_fc2": (2048, 512),
           "code_head": (512, 4096)}
@@ -122,8 +121,7 @@ def machine_record(setting: str) -> dict:
 def write_and_print_products(result: dict, output: Path | None) -> None:
     """Writes `result` as JSON to `output` (if given) and prints its product speed-ups per shape and row count."""
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        write_result(output, result)
     for name, by_rows in result["products"].items():
         print(name, " ".join(f"{rows}:{r['speedup']:.2f}x" for rows, r in by_rows.items()))
 

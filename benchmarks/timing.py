@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
 import statistics
@@ -97,6 +98,12 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def write_result(path: Path, result: dict, indent: int = 1) -> None:
+    """Write a benchmark's result as JSON to `path`, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=indent, default=str) + "\n")
 
 
 def environment() -> dict:

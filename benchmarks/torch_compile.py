@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .medium import build_medium, setup_torch, t2i_inputs
-from .timing import environment, measure_interleaved, paired_ratio
+from .timing import environment, measure_interleaved, paired_ratio, write_result
 
 PARTS = ("decode", "scale_step")
 
@@ -110,8 +110,7 @@ def main(argv=None) -> dict:
     parts = PARTS if args.part == "all" else (args.part,)
     result = run(*build_medium(), parts=parts, repeats=args.repeats)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({**result, "environment": environment()}, indent=1, default=str) + "\n")
+        write_result(args.output, {**result, "environment": environment()})
     print(json.dumps(summary(result), indent=1))
     return result
 
